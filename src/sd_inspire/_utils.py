@@ -1,0 +1,144 @@
+"""Private helpers shared by the public functions: table lookup, validation and random state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from sd_inspire._constants import Key
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+
+def is_spatialdata(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`~spatialdata.SpatialData`, without importing spatialdata for AnnData input."""
+    return type(obj).__name__ == "SpatialData" and type(obj).__module__.startswith("spatialdata")
+
+
+def get_table(data: AnnData | SpatialData, table_key: str | None = None) -> AnnData:
+    """Return the table to work on: ``data`` itself, or one table of a SpatialData.
+
+    Raises
+    ------
+    KeyError
+        If ``table_key`` names no table, or it is omitted and the SpatialData holds several tables, none of them
+        called ``"table"``.
+    TypeError
+        If ``data`` is neither AnnData nor SpatialData.
+    """
+    if isinstance(data, AnnData):
+        return data
+    if not is_spatialdata(data):
+        raise TypeError(f"Expected an AnnData or a SpatialData, got {type(data).__name__}.")
+    tables = data.tables
+    if table_key is not None:
+        if table_key not in tables:
+            raise KeyError(f"No table {table_key!r} in the SpatialData; its tables are {sorted(tables)}.")
+        return tables[table_key]
+    if Key.TABLE in tables:
+        return tables[Key.TABLE]
+    if len(tables) == 1:
+        return next(iter(tables.values()))
+    if not tables:
+        raise KeyError("The SpatialData holds no table; read the data with `sd_inspire.io` or add one.")
+    raise KeyError(f"The SpatialData holds several tables {sorted(tables)}; pass `table_key=` to pick one.")
+
+
+def get_slices(adata: AnnData, slice_key: str | None) -> pd.Series:
+    """The categorical slice label of each observation; one slice when ``slice_key`` is ``None``.
+
+    Raises
+    ------
+    KeyError
+        If ``slice_key`` is not a column of ``obs``.
+    """
+    if slice_key is None:
+        return pd.Series(pd.Categorical(["0"] * adata.n_obs), index=adata.obs_names)
+    if slice_key not in adata.obs:
+        raise KeyError(
+            f"No column {slice_key!r} in `adata.obs` (columns: {list(adata.obs.columns)}). Combine slices with "
+            "`sd_inspire.pp.concat`, pass the right `slice_key=`, or `slice_key=None` for a single slice."
+        )
+    labels = adata.obs[slice_key]
+    if labels.isna().any():
+        raise ValueError(f"`adata.obs[{slice_key!r}]` has {int(labels.isna().sum())} missing slice labels.")
+    if not isinstance(labels.dtype, pd.CategoricalDtype):
+        labels = labels.astype(str).astype("category")
+    return labels.cat.remove_unused_categories()
+
+
+def check_unique_obs_names(adata: AnnData, slice_key: str | None = None) -> None:
+    """Raise a ValueError naming duplicated observation names (and the slices holding them)."""
+    names = adata.obs_names
+    if names.is_unique:
+        return
+    dup = names[names.duplicated(keep=False)]
+    example = dup[0]
+    where = ""
+    if slice_key is not None and slice_key in adata.obs:
+        slices = sorted(adata.obs.loc[names == example, slice_key].astype(str).unique())
+        where = f" (found in slices {slices})"
+    raise ValueError(
+        f"{dup.unique().size} observation names occur more than once, e.g. {example!r}{where}. "
+        "Make them unique, e.g. `sd_inspire.pp.concat(..., index_unique='-')` or `adata.obs_names_make_unique()`."
+    )
+
+
+def get_spatial(adata: AnnData, spatial_key: str = Key.SPATIAL, slices: pd.Series | None = None) -> np.ndarray:
+    """Return finite 2D/3D coordinates from ``obsm[spatial_key]`` as float64, or raise naming the culprit."""
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"No coordinates: `adata.obsm[{spatial_key!r}]` is missing (obsm keys: {list(adata.obsm.keys())}). "
+            "Read the data with `sd_inspire.io` or store spot coordinates there."
+        )
+    coords = adata.obsm[spatial_key]
+    coords = np.asarray(coords.to_numpy() if isinstance(coords, pd.DataFrame) else coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+        raise ValueError(f"`adata.obsm[{spatial_key!r}]` must be n_obs x 2 (or 3), got shape {coords.shape}.")
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        where = f" in slice {slices.iloc[np.flatnonzero(bad)[0]]!r}" if slices is not None else ""
+        raise ValueError(
+            f"`adata.obsm[{spatial_key!r}]` has NaN or infinite coordinates for {int(bad.sum())} observations"
+            f"{where}, e.g. {first!r}. Drop or fix them first."
+        )
+    return coords
+
+
+def check_counts(x: Any, name: str) -> bool:
+    """Validate a count matrix; return whether all values are integers.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` has negative, NaN or infinite values; the message names ``name``.
+    """
+    values = x.data if sparse.issparse(x) else np.asarray(x)
+    if values.size == 0:
+        return True
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} has NaN or infinite values; expected raw counts.")
+    n_neg = int((values < 0).sum())
+    if n_neg:
+        raise ValueError(f"{name} has {n_neg} negative values (minimum {values.min():g}); expected raw counts.")
+    return bool(np.all(np.mod(values, 1) == 0))
+
+
+def random_generator(random_state: int | np.random.Generator | None) -> np.random.Generator:
+    """Turn ``random_state`` into a :class:`numpy.random.Generator` (never touches global state)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is not None and not isinstance(random_state, int | np.integer):
+        raise TypeError(f"`random_state` must be an int, a numpy Generator or None, got {random_state!r}.")
+    return np.random.default_rng(random_state)
+
+
+def maybe_copy(adata: AnnData, copy: bool) -> AnnData:
+    """The table to modify: a copy if ``copy`` else ``adata`` itself."""
+    return adata.copy() if copy else adata

@@ -1,0 +1,336 @@
+"""Combine slices into one SpatialData with one table."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from sd_inspire._constants import Key, Technology
+from sd_inspire._logging import log_added, timed
+from sd_inspire._utils import get_spatial, get_table, is_spatialdata
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: Technology of a slice read by spatialdata-io, from the reader name it stamps into ``SpatialData.attrs``.
+_SPATIALDATA_IO_READERS = {
+    "visium": Technology.VISIUM,
+    "stereoseq": Technology.STEREOSEQ,
+    "merscope": Technology.MERFISH,
+    "xenium": Technology.XENIUM,
+    "curio": Technology.SLIDESEQ,
+}
+
+
+def concat(
+    slices: Mapping[str, SpatialData | AnnData],
+    *,
+    table_key: str | None = None,
+    slice_key: str = Key.SLICE,
+    index_unique: str | None = "-",
+    gene_key: str | None = None,
+) -> SpatialData:
+    """Combine several slices into one SpatialData with a single table.
+
+    Each slice keeps its own coordinate frame: its spatial elements (shapes, images, labels, points) are carried
+    over, renamed ``"{slice}_{name}"`` unless the name already starts with the slice name, and coordinate systems
+    that several slices share (such as ``"global"``) are renamed ``"{slice}_{name}"`` so slices never overlap. An
+    AnnData slice gets a circles element ``"{slice}_shapes"`` at ``obsm["spatial"]``. The inputs are not modified.
+
+    Parameters
+    ----------
+    slices
+        Slice name -> SpatialData or AnnData with raw counts and ``obsm["spatial"]``. The names become the
+        categories of ``obs[slice_key]``, in this order.
+    table_key
+        Table to take from each SpatialData; may be omitted when each holds a single table or one named
+        ``"table"``.
+    slice_key
+        Column of ``obs`` to write the slice names into.
+    index_unique
+        Separator for unique observation names ``"{name}{index_unique}{slice}"``. With ``None`` the names are kept
+        and must already be unique across slices.
+    gene_key
+        Column of each slice's ``var`` holding the gene identifiers to match slices on (e.g. ``"gene_ids"`` for
+        Ensembl ids); by default the ``var_names``.
+
+    Returns
+    -------
+    A new SpatialData whose table ``"table"`` holds
+
+    - ``X`` and every layer present in all slices, over the union of genes (0 where a slice did not measure a gene);
+    - ``obs[slice_key]``: categorical slice name; ``obs["region"]``, ``obs["instance_id"]``: the shapes element and
+      the shape each row annotates; ``obs["technology"]``; every other ``obs`` column of the slices;
+    - ``obsm["spatial"]``: coordinates in each slice's own frame;
+    - ``varm["measured"]``: DataFrame genes x slices, ``True`` where the slice measured the gene;
+      ``var["n_slices_measured"]``.
+
+    Raises
+    ------
+    ValueError
+        If there are no slices, observation names repeat (within a slice, or across slices with
+        ``index_unique=None``), coordinates are missing or not finite.
+
+    Examples
+    --------
+    >>> import sd_inspire as si
+    >>> parts = si.datasets.simulate(2, n_spots=300, output="slices")
+    >>> sdata = si.pp.concat(parts)
+    >>> sdata["table"].obs["slice"].cat.categories.tolist()
+    ['slice0', 'slice1']
+    """
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    if not isinstance(slices, Mapping) or len(slices) == 0:
+        raise ValueError("`slices` must be a non-empty mapping of slice name -> SpatialData or AnnData.")
+    names = [str(k) for k in slices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Slice names must be unique as strings, got {names}.")
+
+    with timed(f"Concatenating {len(names)} slices"):
+        sdatas = {}
+        for name, item in zip(names, slices.values(), strict=True):
+            if isinstance(item, AnnData):
+                sdatas[name] = _anndata_to_spatialdata(item, name)
+            elif is_spatialdata(item):
+                sdatas[name] = item
+            else:
+                raise TypeError(f"Slice {name!r} is a {type(item).__name__}; expected SpatialData or AnnData.")
+
+        cs_count = Counter(cs for sd in sdatas.values() for cs in _coordinate_systems(sd))
+        elements: dict[str, dict[str, Any]] = {"images": {}, "labels": {}, "points": {}, "shapes": {}}
+        tables, regions, techs = [], [], {}
+        for name, sd in sdatas.items():
+            cs_map = {cs: f"{name}_{cs}" for cs in _coordinate_systems(sd) if cs_count[cs] > 1}
+            rename = {el: el if el.startswith(name) else f"{name}_{el}" for _, el, _ in sd.gen_spatial_elements()}
+            for kind, el_name, element in sd.gen_spatial_elements():
+                new_name = rename[el_name]
+                if any(new_name in group for group in elements.values()):
+                    raise ValueError(f"Element name {new_name!r} of slice {name!r} clashes with another slice's.")
+                elements[kind][new_name] = _relabel_coordinate_systems(element, cs_map)
+            table, slice_regions, tech = _slice_table(sd, name, table_key, rename, slice_key, gene_key)
+            if len(sd.tables) > 1:
+                warnings.warn(
+                    f"Slice {name!r}: only table {table_key or 'table'!r} is combined; the others "
+                    f"({sorted(set(sd.tables) - {table_key or Key.TABLE})}) are left out.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            tables.append(table)
+            regions += slice_regions
+            techs[name] = tech
+
+        measured = pd.concat(
+            [pd.Series(True, index=t.var_names, name=n) for t, n in zip(tables, names, strict=True)], axis=1
+        ).notna()
+        if index_unique is not None:
+            for t, n in zip(tables, names, strict=True):
+                t.obs_names = t.obs_names.astype(str) + index_unique + n
+        table = ad.concat(tables, join="outer", merge="first", uns_merge="first", fill_value=0)
+        _check_unique_names(table, slice_key)
+        measured = measured.loc[table.var_names]
+        table.varm[Key.MEASURED] = measured
+        table.var["n_slices_measured"] = measured.sum(axis=1).to_numpy()
+        table.obs[slice_key] = pd.Categorical(table.obs[slice_key].astype(str), categories=names)
+        table.obs[Key.TECHNOLOGY] = pd.Categorical(table.obs[Key.TECHNOLOGY].astype(str))
+        table.obs[Key.REGION] = pd.Categorical(table.obs[Key.REGION].astype(str), categories=regions)
+        table.uns.pop(TableModel.ATTRS_KEY, None)
+        table = TableModel.parse(table, region=regions, region_key=Key.REGION, instance_key=Key.INSTANCE)
+        for key in (slice_key, Key.REGION, Key.INSTANCE, Key.TECHNOLOGY):
+            log_added("obs", key)
+        log_added("varm", Key.MEASURED)
+        sdata = SpatialData(**elements, tables={Key.TABLE: table})
+        sdata.attrs["sd_inspire"] = {"slices": names, "technology": {n: str(t) for n, t in techs.items()}}
+    return sdata
+
+
+def _coordinate_systems(sdata: SpatialData) -> list[str]:
+    from spatialdata.transformations import get_transformation
+
+    out: list[str] = []
+    for _, _, element in sdata.gen_spatial_elements():
+        out += [cs for cs in get_transformation(element, get_all=True) if cs not in out]
+    return out
+
+
+def _relabel_coordinate_systems(element: Any, cs_map: dict[str, str]) -> Any:
+    """The element itself, or a shallow copy whose transformations point to renamed coordinate systems."""
+    from spatialdata.transformations import get_transformation, set_transformation
+
+    transforms = get_transformation(element, get_all=True)
+    if not any(cs in cs_map for cs in transforms):
+        return element
+    element = element.copy(deep=False) if hasattr(element, "attrs") else element
+    element.attrs = dict(element.attrs)
+    set_transformation(element, {cs_map.get(cs, cs): t for cs, t in transforms.items()}, set_all=True)
+    return element
+
+
+def _slice_table(
+    sdata: SpatialData,
+    name: str,
+    table_key: str | None,
+    rename: dict[str, str],
+    slice_key: str,
+    gene_key: str | None,
+) -> tuple[AnnData, list[str], Technology]:
+    """A fresh AnnData for one slice (sharing the count matrices), the regions it annotates, its technology."""
+    from spatialdata.models import TableModel
+
+    table = get_table(sdata, table_key)
+    attrs = table.uns.get(TableModel.ATTRS_KEY, {})
+    region, region_key, instance_key = (attrs.get(k) for k in ("region", "region_key", "instance_key"))
+    if region is None or region_key not in table.obs or instance_key not in table.obs:
+        raise ValueError(
+            f"The table of slice {name!r} does not annotate any spatial element (no region/instance keys); "
+            "pass the AnnData itself or parse the table with `spatialdata.models.TableModel`."
+        )
+    obs = table.obs.copy()
+    new_region = obs[region_key].astype(str).map(lambda r: rename.get(r, r))
+    instance = obs[instance_key].to_numpy()
+    obs = obs.drop(columns=[c for c in (region_key, instance_key, slice_key) if c in obs])
+    obs[Key.REGION] = pd.Categorical(new_region.to_numpy())
+    obs[Key.INSTANCE] = instance
+    obs[slice_key] = name
+    tech = _technology(sdata, table, name)
+    obs[Key.TECHNOLOGY] = tech.value
+
+    obsm = dict(table.obsm)
+    if Key.SPATIAL not in obsm:
+        obsm[Key.SPATIAL] = _centroids(sdata, table, region_key, instance_key, name)
+    slice_view = AnnData(obs=obs, obsm={Key.SPATIAL: obsm[Key.SPATIAL]})
+    get_spatial(slice_view, Key.SPATIAL, slices=obs[slice_key])  # validates (finite, 2D/3D) and names the slice
+    _check_unique_names(AnnData(obs=obs), None, where=f"slice {name!r}")
+
+    var = table.var.copy()
+    if gene_key is not None:
+        if gene_key not in var:
+            raise KeyError(f"Slice {name!r}: no column {gene_key!r} in `var` (columns: {list(var.columns)}).")
+        var.index = var[gene_key].astype(str)
+    var.index = pd.Index(var.index.astype(str).str.strip(), name=None)
+    if not var.index.is_unique:
+        n_dup = int(var.index.duplicated().sum())
+        warnings.warn(
+            f"Slice {name!r}: {n_dup} gene names repeat (e.g. {var.index[var.index.duplicated()][0]!r}); "
+            "they are made unique by appending '-1', '-2', ...",
+            UserWarning,
+            stacklevel=3,
+        )
+        var.index = _make_unique(var.index)
+    out = AnnData(X=table.X, obs=obs, var=var, obsm=obsm, layers=dict(table.layers), uns=_plain_uns(table.uns))
+    regions = list(dict.fromkeys(new_region))
+    return out, regions, tech
+
+
+def _technology(sdata: SpatialData, table: AnnData, name: str) -> Technology:
+    values: list[str] = []
+    if Key.TECHNOLOGY in table.obs:
+        values = [str(v) for v in pd.unique(table.obs[Key.TECHNOLOGY].astype(str))]
+    elif "technology" in sdata.attrs:
+        values = [str(sdata.attrs["technology"])]
+    elif "spatialdata_io_reader" in sdata.attrs:
+        values = [str(_SPATIALDATA_IO_READERS.get(sdata.attrs["spatialdata_io_reader"], Technology.UNKNOWN))]
+    if len(values) > 1:
+        raise ValueError(f"Slice {name!r} mixes technologies {values} in `obs['technology']`; split it.")
+    try:
+        return Technology(values[0].lower()) if values else Technology.UNKNOWN
+    except ValueError:
+        return Technology.UNKNOWN
+
+
+def _centroids(sdata: SpatialData, table: AnnData, region_key: str, instance_key: str, name: str) -> np.ndarray:
+    """Coordinates of the annotated shapes (intrinsic frame), for tables without ``obsm["spatial"]``."""
+    coords = np.full((table.n_obs, 2), np.nan)
+    for region in pd.unique(table.obs[region_key].astype(str)):
+        element = sdata.shapes.get(region)
+        if element is None:
+            raise KeyError(
+                f"Slice {name!r}: the table has no `obsm['spatial']` and its region {region!r} is not a shapes "
+                "element to take centroids from; store coordinates in `obsm['spatial']`."
+            )
+        centroids = element.geometry.centroid
+        rows = np.flatnonzero(table.obs[region_key].astype(str).to_numpy() == region)
+        pos = element.index.get_indexer(table.obs[instance_key].to_numpy()[rows])
+        if (pos < 0).any():
+            raise KeyError(f"Slice {name!r}: {int((pos < 0).sum())} table rows annotate shapes missing in {region!r}.")
+        coords[rows] = np.column_stack([centroids.x.to_numpy()[pos], centroids.y.to_numpy()[pos]])
+    return coords
+
+
+def _anndata_to_spatialdata(adata: AnnData, name: str, radius: float | None = None) -> SpatialData:
+    """Wrap one slice's AnnData (not modified) into a SpatialData with circles ``"{name}_shapes"``."""
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    coords = get_spatial(adata, Key.SPATIAL)
+    if radius is None:
+        radius = _spot_radius(adata, coords)
+    region = f"{name}_{Key.SHAPES_SUFFIX}"
+    shapes = ShapesModel.parse(
+        coords[:, :2],
+        geometry=0,
+        radius=np.full(adata.n_obs, radius),
+        index=pd.RangeIndex(adata.n_obs),
+        transformations={name: Identity()},
+    )
+    obs = adata.obs.copy()
+    obs[Key.REGION] = pd.Categorical([region] * adata.n_obs)
+    obs[Key.INSTANCE] = np.arange(adata.n_obs)
+    table = AnnData(
+        X=adata.X,
+        obs=obs,
+        var=adata.var.copy(),
+        obsm=dict(adata.obsm),
+        layers=dict(adata.layers),
+        uns=_plain_uns(adata.uns),
+    )
+    table = TableModel.parse(table, region=region, region_key=Key.REGION, instance_key=Key.INSTANCE)
+    return SpatialData(shapes={region: shapes}, tables={Key.TABLE: table})
+
+
+def _spot_radius(adata: AnnData, coords: np.ndarray) -> float:
+    """Spot radius: Visium scale factors when present, else half the median nearest-neighbour distance."""
+    from scipy.spatial import cKDTree
+
+    for library in adata.uns.get("spatial", {}).values():
+        diameter = library.get("scalefactors", {}).get("spot_diameter_fullres") if isinstance(library, dict) else None
+        if diameter:
+            return float(diameter) / 2
+    if coords.shape[0] < 2:
+        return 1.0
+    dist, _ = cKDTree(coords[:, :2]).query(coords[:, :2], k=2)
+    nn = dist[:, 1][dist[:, 1] > 0]
+    return float(np.median(nn)) / 2 if nn.size else 1.0
+
+
+def _plain_uns(uns: Mapping[str, Any]) -> dict[str, Any]:
+    from spatialdata.models import TableModel
+
+    return {k: v for k, v in uns.items() if k != TableModel.ATTRS_KEY}
+
+
+def _make_unique(index: pd.Index) -> pd.Index:
+    seen: Counter[str] = Counter()
+    out = []
+    for v in index:
+        out.append(v if seen[v] == 0 else f"{v}-{seen[v]}")
+        seen[v] += 1
+    return pd.Index(out)
+
+
+def _check_unique_names(adata: AnnData, slice_key: str | None, where: str = "") -> None:
+    from sd_inspire._utils import check_unique_obs_names
+
+    try:
+        check_unique_obs_names(adata, slice_key)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}" if where else str(err)) from None

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sd_inspire as si
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_api_page_lists_every_public_function():
+    listed = set(re.findall(r"^\s+(\w+\.\w+)\s*$", (DOCS / "api.md").read_text(), flags=re.M))
+    public = {
+        f"{ns}.{name}"
+        for ns in si.__all__
+        for name in getattr(si, ns).__all__
+        if callable(getattr(getattr(si, ns), name))
+    }
+    assert public <= listed, f"missing from docs/api.md: {sorted(public - listed)}"

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import sd_inspire as si
+
+
+def test_import_is_light():
+    code = "import sys, sd_inspire; heavy = [m for m in ('torch', 'torch_geometric', 'scanpy', 'squidpy') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_namespaces_and_version():
+    assert si.__all__ == ["datasets", "gr", "io", "pl", "pp", "tl"]
+    for name in si.__all__:
+        module = getattr(si, name)
+        assert module.__doc__
+        for public in module.__all__:
+            assert hasattr(module, public), f"{name}.{public} listed in __all__ but missing"
+    assert si.__version__ != "unknown"
+
+
+def _public_functions(namespaces):
+    for ns in namespaces:
+        module = getattr(si, ns)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                yield f"{ns}.{name}", obj
+
+
+# functions that return something other than `AnnData | None`, or take no `copy`, by design
+RETURNS_OTHER = {"pp.concat": "SpatialData", "pl.spatial": "Figure"}
+NO_KEY_ADDED = {"pp.concat", "pp.preprocess"}  # write documented fixed keys (scanpy's pp convention)
+
+
+@pytest.mark.parametrize(("name", "func"), list(_public_functions(["pp", "gr", "tl", "pl"])))
+def test_signature_conventions(name, func):
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert len(positional) <= 3, f"{name}: at most 3 positional parameters"
+    first = params[0]
+    if name == "pp.concat":
+        assert first.name == "slices"
+    else:
+        assert first.name == "data", f"{name}: first parameter must be `data`"
+        assert first.annotation == "AnnData | SpatialData"
+    if name in RETURNS_OTHER:
+        assert sig.return_annotation == RETURNS_OTHER[name]
+    else:
+        assert sig.return_annotation == "AnnData | None", f"{name}: must return AnnData | None"
+        copy = sig.parameters.get("copy")
+        assert copy is not None, f"{name}: needs a `copy` parameter"
+        assert copy.kind == copy.KEYWORD_ONLY
+        assert copy.default is False
+        if name not in NO_KEY_ADDED:
+            assert "key_added" in sig.parameters, f"{name}: needs `key_added`"
+            assert sig.parameters["key_added"].kind == inspect.Parameter.KEYWORD_ONLY
+    if "random_state" in sig.parameters:
+        assert sig.parameters["random_state"].default == 0
+    if "table_key" in sig.parameters:
+        assert sig.parameters["table_key"].kind == inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize(("name", "func"), list(_public_functions(si.__all__)))
+def test_numpydoc_docstrings(name, func):
+    doc = inspect.getdoc(func)
+    assert doc, f"{name} has no docstring"
+    assert "Parameters\n----------" in doc or not inspect.signature(func).parameters
+    assert "Returns\n-------" in doc
+    for param in inspect.signature(func).parameters:
+        assert f"\n{param}\n" in f"\n{doc}\n", f"{name}: parameter `{param}` is not documented"
+    assert "%(" not in doc, f"{name}: unsubstituted docrep placeholder"

@@ -1,0 +1,92 @@
+"""The main job on a bundled default: slices -> preprocess -> spatial graph -> propagate -> zarr store + figure.
+
+By default the slices are simulated (``sd_inspire.datasets.simulate``: four serial sections measured by Visium,
+Stereo-seq, Slide-seq and MERFISH). ``--dlpfc FOLDER`` reads the four real DLPFC Visium slices instead, from the
+folder holding ``151673/`` ... ``151676/`` (Space Ranger layout) and ``barcode_level_layer_map.tsv``.
+
+    .venv/bin/python tutorials/quickstart.py [--dlpfc ../shared/data/visium/DLPFC_151673-151676] [--out results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import sd_inspire as si
+
+DLPFC_SLICES = ("151673", "151674", "151675", "151676")
+
+
+def load_dlpfc(folder: Path):
+    """Read the four DLPFC slices and attach the manual layer annotation as ``obs["layer"]``."""
+    slices = {s: si.io.visium(folder / s / "outs", dataset_id=s, images=False) for s in DLPFC_SLICES}
+    sdata = si.pp.concat(slices)
+    table = sdata["table"]
+    layers = pd.read_csv(
+        folder / "barcode_level_layer_map.tsv", sep="\t", header=None, names=["barcode", "slice", "layer"]
+    )
+    layers.index = layers["barcode"] + "-" + layers["slice"].astype(str)
+    table.obs["layer"] = pd.Categorical(layers["layer"].reindex(table.obs_names).to_numpy())
+    return sdata, "layer"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; return the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dlpfc", type=Path, help="folder with the four DLPFC Visium slices (real data)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
+    parser.add_argument("--n-spots", type=int, default=1500, help="spots per simulated slice (default: 1500)")
+    parser.add_argument("--seed", type=int, default=0, help="random_state of the simulation (default: 0)")
+    args = parser.parse_args(argv)
+    logging.getLogger("sd_inspire").setLevel(logging.WARNING)
+
+    start = time.perf_counter()
+    if args.dlpfc is not None:
+        if not args.dlpfc.is_dir():
+            parser.error(f"--dlpfc {args.dlpfc}: no such folder")
+        sdata, color = load_dlpfc(args.dlpfc)
+        name = "dlpfc"
+    else:
+        sdata = si.datasets.simulate(
+            4,
+            n_spots=args.n_spots,
+            technology=["visium", "stereoseq", "slideseq", "merfish"],
+            random_state=args.seed,
+        )
+        color, name = "domain", "simulated"
+    table = sdata["table"]
+    print(f"{name}: {table.n_obs} spots x {table.n_vars} genes in {table.obs['slice'].nunique()} slices")
+
+    si.pp.preprocess(sdata, n_top_genes=2000, gene_space="union" if args.dlpfc is None else "shared")
+    si.gr.spatial_neighbors(sdata)
+    si.gr.propagate(sdata)
+    degree = table.obsp["spatial_connectivities"].sum(axis=1)
+    print(
+        f"gene space: {int(table.var['highly_variable'].sum())} genes; graph: {degree.mean():.2f} neighbours per spot"
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = args.out / f"{name}_{color}.png"
+    si.pl.spatial(sdata, color=color, save=figure)
+    store = args.out / f"{name}.zarr"
+    staging = args.out / f".{name}.zarr.partial"  # write new, then swap: a failed run leaves the old store intact
+    if staging.exists():
+        shutil.rmtree(staging)
+    sdata.write(staging)
+    if store.exists():
+        shutil.rmtree(store)
+    staging.rename(store)
+    print(f"zarr store: {store.resolve()}")
+    print(f"figure:     {figure.resolve()}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
