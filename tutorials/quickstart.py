@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random_state of the simulation (default: 0)")
     args = parser.parse_args(argv)
     logging.getLogger("sd_inspire").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
 
     start = time.perf_counter()
     if args.dlpfc is not None:

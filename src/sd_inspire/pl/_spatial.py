@@ -154,5 +154,12 @@ def _palette(values: np.ndarray) -> dict[str, tuple[float, ...]]:
     import matplotlib as mpl
 
     cats = sorted(pd.unique(values), key=str)
+    missing = [c for c in cats if c in _MISSING]
+    cats = [c for c in cats if c not in _MISSING]
     cmap = mpl.colormaps["tab10" if len(cats) <= 10 else "tab20"]
-    return {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
+    palette = {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
+    palette.update(dict.fromkeys(missing, (0.85, 0.85, 0.85, 1.0)))  # unannotated spots in light grey, listed last
+    return palette
+
+
+_MISSING = {"nan", "NaN", "None", "<NA>"}
