@@ -21,7 +21,8 @@ def _make_logger() -> logging.Logger:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s [sd_inspire] %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # keep a level the user set before importing us
+            logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
 

@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from sd_inspire.tl._integrate import integrate
+
+__all__ = ["integrate"]

@@ -1,0 +1,180 @@
+"""Model inputs from a preprocessed table, and minibatches stratified over slices.
+
+Only small per-spot matrices are kept dense (a fixed linear reduction of the expression and its neighbour
+propagation); counts stay sparse and each minibatch densifies only its own rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from sd_inspire._constants import Key
+from sd_inspire._utils import get_slices
+from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anndata import AnnData
+
+
+@dataclass
+class ModelData:
+    """Everything the trainer reads, aligned on the rows of the table."""
+
+    features: np.ndarray  # n x p float32: [Y, ÂY, ..., Â^k Y] with Y a reduction of the log expression
+    counts: sparse.csr_matrix  # n x G raw counts of the gene space
+    library: np.ndarray  # n, counts over the gene space
+    slices: np.ndarray  # n, int codes
+    mask: np.ndarray  # S x G, genes each slice measured
+    slice_names: list[str]
+    genes: list[str]
+    feature_genes: list[str]
+    graph: sparse.csr_matrix | None = None  # the spatial graph, for sampled graph encoders
+    n_base: int = 0  # width of Y (first block of `features`)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_obs(self) -> int:
+        """Number of spots."""
+        return self.features.shape[0]
+
+
+def prepare(
+    adata: AnnData,
+    *,
+    slice_key: str | None,
+    n_pcs: int,
+    n_hops: int,
+    connectivity_key: str,
+    seed: int,
+    chunk_size: int = 20_000,
+) -> ModelData:
+    """Build :class:`ModelData` from a table preprocessed by :func:`sd_inspire.pp.preprocess` with a graph."""
+    from sklearn.decomposition import PCA
+
+    if Key.HIGHLY_VARIABLE not in adata.var:
+        raise KeyError("`adata.var['highly_variable']` is missing: run `sd_inspire.pp.preprocess` first.")
+    if Key.COUNTS not in adata.layers:
+        raise KeyError(
+            "`adata.layers['counts']` is missing: the model needs raw counts. Run `sd_inspire.pp.preprocess` on "
+            "raw counts (non-integer, already normalised data cannot be modelled as counts)."
+        )
+    if not adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True):
+        raise ValueError(
+            "The counts are not integers (see `adata.uns['preprocess']`); the Poisson model needs raw counts."
+        )
+    if connectivity_key not in adata.obsp:
+        raise KeyError(f"No graph `adata.obsp[{connectivity_key!r}]`: run `sd_inspire.gr.spatial_neighbors` first.")
+
+    labels = get_slices(adata, slice_key)
+    codes = labels.cat.codes.to_numpy().astype(np.int64)
+    slice_names = [str(c) for c in labels.cat.categories]
+
+    hv = adata.var[Key.HIGHLY_VARIABLE].to_numpy(dtype=bool)
+    genes = adata.var_names[hv]
+    if genes.size < 2:
+        raise ValueError(f"The gene space holds {genes.size} genes; the model needs at least 2.")
+    if Key.MEASURED in adata.varm:
+        measured = adata.varm[Key.MEASURED]
+        measured = measured if isinstance(measured, pd.DataFrame) else pd.DataFrame(measured, index=adata.var_names)
+        measured.columns = measured.columns.astype(str)
+        mask = np.stack(
+            [measured[s].to_numpy(dtype=bool)[hv] if s in measured else np.ones(hv.sum(), bool) for s in slice_names]
+        )
+    else:
+        mask = np.ones((len(slice_names), genes.size), dtype=bool)
+
+    counts = sparse.csr_matrix(adata.layers[Key.COUNTS][:, hv], dtype=np.float32)
+    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+    empty = library <= 0
+    if empty.any():
+        raise ValueError(
+            f"{int(empty.sum())} spots have no counts in the gene space (e.g. {adata.obs_names[np.flatnonzero(empty)[0]]!r}); "
+            "filter them (`pp.preprocess(min_counts=...)`) or widen the gene space."
+        )
+
+    # Encoder features: genes measured by every slice (all of the gene space if none is shared by all)
+    shared = mask.all(axis=0)
+    feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
+    x = sparse.csr_matrix(adata.X[:, np.flatnonzero(hv)[feat_genes]], dtype=np.float32)
+    # centre each slice: removes slice-wide shifts before the reduction
+    means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(len(slice_names))])
+    n_comp = int(min(n_pcs, x.shape[1] - 1, x.shape[0] - 1))
+    xc = x.toarray() - means[codes] if x.shape[0] * x.shape[1] <= 50_000_000 else None
+    pca = PCA(n_components=n_comp, svd_solver="arpack" if xc is None else "randomized", random_state=seed)
+    if xc is not None:
+        y = pca.fit_transform(xc).astype(np.float32)
+    else:  # large: sparse, implicitly centred PCA, then the per-slice centring on the projections
+        y = pca.fit_transform(x).astype(np.float32)
+        y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]
+    y /= max(float(np.sqrt(pca.explained_variance_[0])), 1e-8)  # unit scale on the first component
+
+    graph = sparse.csr_matrix(adata.obsp[connectivity_key])
+    a_hat = normalized_adjacency(graph)
+    blocks, cur = [y], y
+    for _ in range(n_hops):
+        cur = chunked_matmul(a_hat, cur, chunk_size)
+        blocks.append(cur)
+    features = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+    return ModelData(
+        features=features,
+        counts=counts,
+        library=library,
+        slices=codes,
+        mask=mask,
+        slice_names=slice_names,
+        genes=genes.tolist(),
+        feature_genes=genes[feat_genes].tolist(),
+        graph=graph,
+        n_base=y.shape[1],
+    )
+
+
+class StratifiedSampler:
+    """Endless minibatches with the same number of spots from every slice, each slice cycled in shuffled order.
+
+    Parameters
+    ----------
+    slices
+        Slice code of each spot.
+    per_slice
+        Spots drawn from each slice per batch (at most the slice's size).
+    rng
+        The only source of randomness.
+    """
+
+    def __init__(self, slices: np.ndarray, per_slice: int, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.groups = [np.flatnonzero(slices == k) for k in range(int(slices.max()) + 1)]
+        self.per_slice = [min(per_slice, g.size) for g in self.groups]
+        self._order = [rng.permutation(g) for g in self.groups]
+        self._pos = [0] * len(self.groups)
+
+    def state(self) -> dict:
+        """Position of the sampler, to checkpoint."""
+        return {"order": [o.copy() for o in self._order], "pos": list(self._pos)}
+
+    def load_state(self, state: dict) -> None:
+        """Restore a position saved by :meth:`state`."""
+        self._order = [np.asarray(o) for o in state["order"]]
+        self._pos = list(state["pos"])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        out = []
+        for k, group in enumerate(self.groups):
+            b = self.per_slice[k]
+            if self._pos[k] + b > group.size:
+                self._order[k] = self.rng.permutation(group)
+                self._pos[k] = 0
+            out.append(self._order[k][self._pos[k] : self._pos[k] + b])
+            self._pos[k] += b
+        return np.concatenate(out)

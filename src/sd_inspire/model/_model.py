@@ -1,0 +1,375 @@
+"""The user-facing model: set up from a table, train, query, save and load."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from sd_inspire._constants import Key
+from sd_inspire._logging import logger
+from sd_inspire._utils import get_slices, random_generator
+from sd_inspire.model._data import prepare
+from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
+from sd_inspire.model._trainer import TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from sd_inspire.model._data import ModelData
+
+_WEIGHTS_FILE = "model.pt"
+_META_FILE = "model.json"
+_CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class InspireModel:
+    """INSPIRE: a spatial graph encoder, adversarial alignment of slices and a Poisson non-negative factorisation.
+
+    Spots are encoded from their expression and its spatial neighbourhood into a latent space shared by all slices
+    (a discriminator that tries to tell the slice from the latent code is fooled by the encoder). From the latent
+    code, spatial factors ``β_i`` (proportions over ``n_factors``) mix gene programs ``B`` shared by all slices, with
+    slice-specific gene effects ``γ_s``, to explain the raw counts: ``x_ig ~ Poisson(l_i q_ig)``,
+    ``q_ig ∝ (β_i B)_g exp(γ_sg)`` over the genes slice ``s`` measured.
+
+    Parameters
+    ----------
+    adata
+        Table preprocessed by :func:`sd_inspire.pp.preprocess` (raw counts in ``layers["counts"]``, gene space in
+        ``var["highly_variable"]``) with a spatial graph from :func:`sd_inspire.gr.spatial_neighbors`.
+    slice_key
+        Column of ``obs`` with the slices; ``None`` for a single slice.
+    n_factors
+        Number of spatial factors and gene programs (at least 2, at most the number of genes).
+    n_latent
+        Dimension of the latent space.
+    n_hidden
+        Width of the hidden layers.
+    encoder
+        ``"lgcn"``: a multilayer perceptron on ``[Y, ÂY, ..., Â^k Y]``, ``Y`` a fixed linear reduction (PCA) of the
+        log expression, ``Â`` the normalised graph (precomputed, sparse). ``"gat"``: two graph-attention layers over
+        2-hop subgraphs sampled from the graph.
+    n_hops
+        Propagation hops ``k`` of the ``"lgcn"`` features.
+    n_pcs
+        Width of the linear reduction ``Y``.
+    cross_technology
+        Make the factors slice-aware (a per-slice offset of the factor logits). ``None`` switches it on when
+        ``obs["technology"]`` holds more than one technology.
+    connectivity_key
+        Key of the graph in ``obsp``.
+    dropout
+        Dropout rate.
+    random_state
+        Seed of every random choice (weights, minibatches, reduction). No global random state is used or changed.
+    device
+        ``"auto"`` (a GPU when present), ``"cpu"``, ``"cuda"`` or a :class:`torch.device`.
+
+    Examples
+    --------
+    >>> import sd_inspire as si
+    >>> from sd_inspire.model import InspireModel
+    >>> adata = si.datasets.simulate(2, n_spots=200, n_genes=120, output="anndata")
+    >>> si.pp.preprocess(adata, n_top_genes=100)
+    >>> si.gr.spatial_neighbors(adata)
+    >>> model = InspireModel(adata, n_factors=5)
+    >>> model.train(max_steps=20, show_progress_bar=False)
+    >>> model.get_latent().shape
+    (400, 32)
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        slice_key: str | None = Key.SLICE,
+        n_factors: int = 20,
+        n_latent: int = 32,
+        n_hidden: int = 256,
+        encoder: Literal["lgcn", "gat"] = "lgcn",
+        n_hops: int = 2,
+        n_pcs: int = 50,
+        cross_technology: bool | None = None,
+        connectivity_key: str = "spatial_connectivities",
+        dropout: float = 0.1,
+        random_state: int | None = 0,
+        device: str | torch.device = "auto",
+    ) -> None:
+        if encoder not in ("lgcn", "gat"):
+            raise ValueError(f"`encoder` must be 'lgcn' or 'gat', got {encoder!r}.")
+        if n_latent < 1 or n_hidden < 1 or n_hops < 0 or n_pcs < 2:
+            raise ValueError("`n_latent`, `n_hidden` must be positive, `n_hops` >= 0 and `n_pcs` >= 2.")
+        self.adata = adata
+        self.seed = int(random_generator(random_state).integers(2**31 - 1))
+        self.random_state = random_state
+        self.device = _device(device)
+        labels = get_slices(adata, slice_key)
+        self.data: ModelData = prepare(
+            adata, slice_key=slice_key, n_pcs=n_pcs, n_hops=n_hops, connectivity_key=connectivity_key, seed=self.seed
+        )
+        n_genes = len(self.data.genes)
+        if not 2 <= n_factors <= n_genes:
+            raise ValueError(
+                f"`n_factors` must be between 2 and the number of genes in the model ({n_genes}), got {n_factors}."
+            )
+        if cross_technology is None:
+            techs = adata.obs[Key.TECHNOLOGY].astype(str).unique() if Key.TECHNOLOGY in adata.obs else []
+            cross_technology = len(techs) > 1
+        self.params: dict[str, Any] = {
+            "slice_key": slice_key,
+            "n_factors": n_factors,
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "encoder": encoder,
+            "n_hops": n_hops,
+            "n_pcs": n_pcs,
+            "cross_technology": bool(cross_technology),
+            "connectivity_key": connectivity_key,
+            "dropout": dropout,
+        }
+        if len(self.data.slice_names) == 1:
+            logger.warning("A single slice: training without the adversarial alignment term.")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            graph_encoder = (
+                GATEncoder(self.data.n_base, n_hidden, n_latent, dropout=dropout) if encoder == "gat" else None
+            )
+            self.module = InspireModule(
+                self.data.features.shape[1],
+                n_genes,
+                len(self.data.slice_names),
+                n_latent=n_latent,
+                n_factors=n_factors,
+                n_hidden=n_hidden,
+                slice_aware_factors=bool(cross_technology),
+                dropout=dropout,
+                encoder=graph_encoder,
+            ).to(self.device)
+        self.history: dict[str, list[float]] = {}
+        self.is_trained = False
+        self._obs_names = labels.index
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        *,
+        max_steps: int | None = None,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        loss_weights: dict[str, float] | None = None,
+        warmup_fraction: float = 0.2,
+        margin: float = 5.0,
+        early_stopping: bool = False,
+        patience: int = 200,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 200,
+        show_progress_bar: bool = True,
+    ) -> None:
+        """Train the model.
+
+        Parameters
+        ----------
+        max_steps
+            Optimisation steps. By default about 40 passes over the largest slice, between 600 and 3000 steps.
+        batch_size
+            Spots per minibatch, drawn equally from every slice.
+        lr
+            Learning rate (Adam) of the model and the discriminator.
+        loss_weights
+            Weights of the terms ``poisson``, ``reconstruction``, ``geometry``, ``prior``, ``adversarial``,
+            ``slice_effect`` (defaults in :class:`~sd_inspire.model._module.LossWeights`).
+        warmup_fraction
+            Fraction of the steps over which the adversarial weight ramps up from 0; afterwards the discriminator
+            logits are bounded by ``margin``.
+        margin
+            Bound of the discriminator logits after the warm-up.
+        early_stopping
+            Stop when the smoothed loss has not improved for ``patience`` steps after the warm-up.
+        patience
+            See ``early_stopping``.
+        checkpoint_dir
+            Folder for a checkpoint written every ``checkpoint_every`` steps. If it holds a checkpoint of this model
+            (same genes, slices and parameters), training resumes from it and ends as an uninterrupted run would.
+        checkpoint_every
+            Steps between checkpoints.
+        show_progress_bar
+            Show a progress bar with the loss terms.
+        """
+        n_slices = len(self.data.slice_names)
+        per_slice = max(1, batch_size // n_slices)
+        if max_steps is None:
+            largest = int(np.bincount(self.data.slices).max())
+            max_steps = int(np.clip(math.ceil(40 * largest / per_slice), 600, 3000))
+        if max_steps < 1:
+            raise ValueError(f"`max_steps` must be positive, got {max_steps}.")
+        weights = LossWeights()
+        for k, v in (loss_weights or {}).items():
+            if k not in {f.name for f in fields(LossWeights)}:
+                raise KeyError(f"Unknown loss weight {k!r}; known: {[f.name for f in fields(LossWeights)]}.")
+            setattr(weights, k, float(v))
+        config = TrainConfig(
+            n_steps=max_steps,
+            per_slice=per_slice,
+            lr=lr,
+            warmup_fraction=warmup_fraction,
+            margin=margin,
+            early_stopping=early_stopping,
+            patience=patience,
+            checkpoint_every=checkpoint_every if checkpoint_dir is not None else 0,
+        )
+        rng = np.random.default_rng(self.seed)
+        trainer = Trainer(
+            self.module,
+            self.data,
+            config,
+            weights,
+            rng=rng,
+            device=self.device,
+            graph_encoder=self.params["encoder"] == "gat",
+        )
+        checkpoint = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 1)
+            if checkpoint_dir is not None:
+                folder = Path(checkpoint_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                checkpoint = folder / _CHECKPOINT_FILE
+                meta = folder / _META_FILE
+                if checkpoint.exists() and meta.exists():
+                    self._check_metadata(json.loads(meta.read_text()), str(folder))
+                    trainer.load_state(torch.load(checkpoint, weights_only=True, map_location=self.device))
+                    logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
+                meta.write_text(json.dumps(self._metadata(), indent=1))
+            self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
+        self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
+        self.is_trained = True
+
+    # ------------------------------------------------------------------ queries
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise RuntimeError(
+                "The model is not trained: call `.train()` first (or `InspireModel.load` a trained one)."
+            )
+
+    @torch.inference_mode()
+    def _forward_all(self, what: Literal["latent", "factors"], chunk_size: int = 8192) -> np.ndarray:
+        self._require_trained()
+        self.module.eval()
+        trainer = Trainer(
+            self.module,
+            self.data,
+            TrainConfig(n_steps=1, per_slice=1),
+            LossWeights(),
+            rng=np.random.default_rng(0),
+            device=self.device,
+            graph_encoder=self.params["encoder"] == "gat",
+        )
+        out = []
+        for start in range(0, self.data.n_obs, chunk_size):
+            idx = np.arange(start, min(start + chunk_size, self.data.n_obs))
+            h = trainer.subgraph(idx) if trainer.graph_encoder else trainer._features[start : start + idx.size]
+            z = self.module.encode(h)
+            if what == "factors":
+                z = self.module.factors(z, torch.as_tensor(self.data.slices[idx], device=self.device))
+            out.append(z.cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def get_latent(self) -> np.ndarray:
+        """Latent representation, n_obs x n_latent."""
+        return self._forward_all("latent")
+
+    def get_factors(self) -> np.ndarray:
+        """Spatial factor proportions, n_obs x n_factors (rows sum to 1)."""
+        return self._forward_all("factors")
+
+    @torch.inference_mode()
+    def get_loadings(self) -> np.ndarray:
+        """Gene loadings, genes of the model x n_factors (non-negative; each factor's column sums to 1)."""
+        self._require_trained()
+        return self.module.loadings().T.cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def get_slice_effects(self) -> np.ndarray:
+        """Multiplicative slice gene effects ``exp(γ)``, slices x genes of the model."""
+        self._require_trained()
+        return torch.exp(self.module.slice_gene_effect).cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ persistence
+    def _metadata(self) -> dict[str, Any]:
+        from sd_inspire._versions import versions
+
+        return {
+            "genes": self.data.genes,
+            "slices": self.data.slice_names,
+            "params": self.params,
+            "random_state": self.random_state if isinstance(self.random_state, int) else None,
+            "seed": self.seed,
+            "is_trained": self.is_trained,
+            "versions": versions(),
+        }
+
+    def _check_metadata(self, meta: dict[str, Any], where: str) -> None:
+        for key, mine in (("genes", self.data.genes), ("slices", self.data.slice_names), ("params", self.params)):
+            if meta.get(key) != mine:
+                raise ValueError(f"{where}: the saved model's {key} do not match this data and these settings.")
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the weights (``model.pt``) and metadata (``model.json``) into folder ``path``.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` already holds a model and ``overwrite`` is false.
+        """
+        self._require_trained()
+        folder = Path(path)
+        if (folder / _WEIGHTS_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{str(folder)!r} already holds a model; pass `overwrite=True` to replace it.")
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (_WEIGHTS_FILE + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, tmp)
+        tmp.replace(folder / _WEIGHTS_FILE)
+        meta = {**self._metadata(), "history": self.history}
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData, *, device: str | torch.device = "auto") -> InspireModel:
+        """Load a model saved with :meth:`save` for ``adata``.
+
+        Only tensors are read (``torch.load(weights_only=True)``), so a model file cannot run code; the genes, slices
+        and parameters recorded with it must match ``adata``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` holds no model.
+        ValueError
+            If the model does not match the data.
+        """
+        folder = Path(path)
+        if not (folder / _WEIGHTS_FILE).exists() or not (folder / _META_FILE).exists():
+            raise FileNotFoundError(f"{str(folder)!r} holds no model ({_WEIGHTS_FILE} and {_META_FILE} expected).")
+        meta = json.loads((folder / _META_FILE).read_text())
+        model = cls(adata, **meta["params"], random_state=meta["random_state"], device=device)
+        model.seed = int(meta["seed"])
+        model._check_metadata(meta, str(folder))
+        state = torch.load(folder / _WEIGHTS_FILE, weights_only=True, map_location=model.device)
+        model.module.load_state_dict(state)
+        model.history = meta.get("history", {})
+        model.is_trained = bool(meta["is_trained"])
+        return model
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device={device!r}` but no CUDA device is available; use 'cpu' or 'auto'.")
+    return torch.device(device)

@@ -1,0 +1,208 @@
+"""The torch module of INSPIRE: encoder, feature decoder, factor model and slice discriminator. No AnnData here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms of the objective."""
+
+    poisson: float = 1.0
+    reconstruction: float = 1.0
+    geometry: float = 1.0
+    prior: float = 0.1
+    adversarial: float = 0.5
+    slice_effect: float = 1e-3
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float, n_layers: int = 1) -> nn.Sequential:
+    """``n_layers`` hidden layers (Linear, LayerNorm, ELU, Dropout), then a linear output layer."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(width, n_hidden), nn.LayerNorm(n_hidden), nn.ELU(), nn.Dropout(dropout)]
+        width = n_hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class InspireModule(nn.Module):
+    """Encoder ``z = f(h)``, decoder ``h ≈ g(z, slice)``, factors ``β = softmax(W z [+ b_s])``, loadings and slices.
+
+    Counts follow ``x_ig ~ Poisson(l_i q_ig)`` with ``q_ig ∝ (β_i B)_g exp(γ_sg)`` renormalised over the genes slice
+    ``s`` measured, so panels of different sizes share one set of gene programs ``B`` (rows sum to 1).
+
+    Parameters
+    ----------
+    n_input
+        Width of the input features ``h``.
+    n_genes
+        Genes of the count model.
+    n_slices
+        Number of slices.
+    n_latent
+        Width of the latent space.
+    n_factors
+        Number of spatial factors / gene programs.
+    n_hidden
+        Width of the hidden layers.
+    slice_aware_factors
+        Add a per-slice offset to the factor logits (cross-technology data).
+    dropout
+        Dropout rate of the encoder and decoder.
+    encoder
+        An encoder module to use instead of the MLP (e.g. a graph attention network); it maps the input passed to
+        :meth:`encode` to ``n_latent`` columns.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_genes: int,
+        n_slices: int,
+        *,
+        n_latent: int = 32,
+        n_factors: int = 20,
+        n_hidden: int = 256,
+        slice_aware_factors: bool = False,
+        dropout: float = 0.1,
+        encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_slices = n_slices
+        self.encoder = encoder if encoder is not None else mlp(n_input, n_hidden, n_latent, dropout)
+        self.slice_embedding = nn.Embedding(n_slices, 8)
+        self.decoder = mlp(n_latent + 8, n_hidden, n_input, dropout)
+        self.factor_head = nn.Linear(n_latent, n_factors)
+        self.factor_slice_bias = nn.Parameter(torch.zeros(n_slices, n_factors), requires_grad=slice_aware_factors)
+        self.loading_logits = nn.Parameter(0.01 * torch.randn(n_factors, n_genes))
+        self.slice_gene_effect = nn.Parameter(torch.zeros(n_slices, n_genes))
+        self.discriminator = nn.Sequential(
+            nn.Linear(n_latent, n_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(n_hidden, n_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(n_hidden, n_slices),
+        )
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter except the discriminator's."""
+        disc = {id(p) for p in self.discriminator.parameters()}
+        return [p for p in self.parameters() if id(p) not in disc and p.requires_grad]
+
+    def encode(self, h: torch.Tensor | tuple) -> torch.Tensor:
+        """Latent representation of input ``h`` (a tensor, or a tuple of arguments of a graph encoder)."""
+        return self.encoder(*h) if isinstance(h, tuple) else self.encoder(h)
+
+    def factors(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Spatial factor proportions ``β`` (rows sum to 1)."""
+        return torch.softmax(self.factor_head(z) + self.factor_slice_bias[s], dim=-1)
+
+    def loadings(self) -> torch.Tensor:
+        """Gene programs ``B``, factors x genes, rows sum to 1."""
+        return torch.softmax(self.loading_logits, dim=-1)
+
+    def rates(self, beta: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Expected fraction of a spot's counts on each gene, renormalised over the genes its slice measured."""
+        q = (beta @ self.loadings()) * torch.exp(self.slice_gene_effect[s]) * mask
+        return q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def discriminate(self, z: torch.Tensor, margin: float | None) -> torch.Tensor:
+        """Slice logits; ``margin`` bounds them to ``(-margin, margin)`` so the discriminator cannot saturate."""
+        logits = self.discriminator(z)
+        return logits if margin is None else margin * torch.tanh(logits / margin)
+
+    def losses(
+        self,
+        h: torch.Tensor | tuple,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        s: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        h_seed: torch.Tensor | None = None,
+        margin: float | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Loss terms of the generative side for one minibatch, and the latent codes.
+
+        ``h`` is passed to :meth:`encode`; ``h_seed`` (default ``h``) is the per-spot feature matrix that the
+        decoder reconstructs and the geometry term compares with.
+        """
+        z = self.encode(h)
+        target = h_seed if h_seed is not None else h
+        assert isinstance(target, torch.Tensor)
+        h_rec = self.decoder(torch.cat([z, self.slice_embedding(s)], dim=-1))
+        beta = self.factors(z, s)
+        # Poisson log-likelihood with rates l_i q_ig renormalised over the measured genes: sum_g λ_ig = l_i is
+        # fixed, so up to a constant it is the multinomial term sum_g x_ig log q_ig (per count, for scale)
+        log_q = torch.log(self.rates(beta, s, mask).clamp_min(1e-12))
+        poisson = -(counts * log_q).sum() / library.sum().clamp_min(1)
+        reconstruction = F.mse_loss(h_rec, target)
+        geometry = F.mse_loss(_cosine(z), _cosine(target))
+        usage = beta.mean(dim=0)
+        prior = -torch.log(usage + 1e-6).mean() - math.log(usage.numel())  # 0 when all factors are used equally
+        slice_effect = self.slice_gene_effect.pow(2).mean()
+        terms = {
+            "poisson": poisson,
+            "reconstruction": reconstruction,
+            "geometry": geometry,
+            "prior": prior,
+            "slice_effect": slice_effect,
+        }
+        if self.n_slices > 1:
+            log_p = torch.log_softmax(self.discriminate(z, margin), dim=-1)
+            terms["adversarial"] = -log_p.mean()  # cross-entropy to the uniform: the encoder hides the slice
+        return terms, z
+
+    def discriminator_loss(self, z: torch.Tensor, s: torch.Tensor, margin: float | None) -> torch.Tensor:
+        """Cross-entropy of the discriminator at telling the slice of (detached) latent codes."""
+        return F.cross_entropy(self.discriminate(z.detach(), margin), s)
+
+
+def _cosine(x: torch.Tensor) -> torch.Tensor:
+    x = F.normalize(x, dim=-1)
+    return x @ x.T
+
+
+class GATEncoder(nn.Module):
+    """Two graph-attention layers (PyG ``GATConv``) over a sampled subgraph; returns the seed nodes' codes.
+
+    Parameters
+    ----------
+    n_input
+        Width of the node features.
+    n_hidden
+        Width of the hidden layer (split over ``heads``).
+    n_latent
+        Width of the output.
+    heads
+        Attention heads of the first layer.
+    dropout
+        Dropout on the hidden layer.
+    """
+
+    def __init__(self, n_input: int, n_hidden: int, n_latent: int, heads: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        import warnings
+
+        with warnings.catch_warnings():  # torch_geometric scripts helpers with the deprecated torch.jit on import
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            from torch_geometric.nn import GATConv
+
+        self.n_layers = 2
+        self.conv1 = GATConv(n_input, n_hidden // heads, heads=heads)
+        self.norm = nn.LayerNorm(n_hidden // heads * heads)
+        self.conv2 = GATConv(n_hidden // heads * heads, n_latent, heads=1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, n_seeds: int) -> torch.Tensor:
+        """Codes of the first ``n_seeds`` nodes of the subgraph."""
+        hidden = self.dropout(F.elu(self.norm(self.conv1(x, edge_index))))
+        return self.conv2(hidden, edge_index)[:n_seeds]

@@ -1,0 +1,216 @@
+"""Training loop: alternating generator/discriminator steps, warm-up, checkpoints, resume, early stopping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from sd_inspire._logging import logger
+from sd_inspire.model._data import StratifiedSampler
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sd_inspire.model._data import ModelData
+    from sd_inspire.model._module import InspireModule, LossWeights
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run."""
+
+    n_steps: int
+    per_slice: int
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.2
+    margin: float = 5.0
+    discriminator_steps: int = 1
+    early_stopping: bool = False
+    patience: int = 200
+    min_delta: float = 1e-3
+    checkpoint_every: int = 0
+    fanout: int = 0  # graph encoders: neighbours sampled per node and hop, 0 = all
+
+
+class Trainer:
+    """Runs the optimisation of an :class:`InspireModule` on :class:`ModelData`."""
+
+    def __init__(
+        self,
+        module: InspireModule,
+        data: ModelData,
+        config: TrainConfig,
+        weights: LossWeights,
+        *,
+        rng: np.random.Generator,
+        device: torch.device,
+        graph_encoder: bool = False,
+    ) -> None:
+        self.module, self.data, self.config, self.weights = module, data, config, weights
+        self.device, self.rng, self.graph_encoder = device, rng, graph_encoder
+        self.opt = torch.optim.Adam(
+            module.generative_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+        self.opt_disc = torch.optim.Adam(module.discriminator.parameters(), lr=config.lr, fused=True)
+        self.sampler = StratifiedSampler(data.slices, config.per_slice, rng)
+        self.step = 0
+        self.history: dict[str, list[float]] = {}
+        self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
+        self._features = torch.as_tensor(data.features, device=device)
+
+    # -- batches
+    def batch(self, idx: np.ndarray) -> dict:
+        """Tensors of one minibatch (only its rows of the counts are densified)."""
+        d, dev = self.data, self.device
+        s = torch.as_tensor(d.slices[idx], device=dev)
+        out = {
+            "h_seed": self._features[torch.as_tensor(idx, device=dev)],
+            "counts": torch.as_tensor(d.counts[idx].toarray(), device=dev),
+            "library": torch.as_tensor(d.library[idx], device=dev),
+            "s": s,
+            "mask": self._mask[s],
+        }
+        out["h"] = self.subgraph(idx) if self.graph_encoder else out["h_seed"]
+        return out
+
+    def subgraph(self, seeds: np.ndarray) -> tuple:
+        """Node features, edges and seed count of the k-hop subgraph around ``seeds``, sampled from the CSR graph."""
+        graph = self.data.graph
+        nodes, frontier = seeds, seeds
+        seen = np.zeros(self.data.n_obs, dtype=bool)
+        seen[seeds] = True
+        for _ in range(self.module.encoder.n_layers):
+            starts, stops = graph.indptr[frontier], graph.indptr[frontier + 1]
+            neigh = (
+                np.concatenate([graph.indices[a:b] for a, b in zip(starts, stops, strict=True)])
+                if frontier.size
+                else seeds[:0]
+            )
+            if self.config.fanout and neigh.size:
+                keep = self.rng.random(neigh.size) < self.config.fanout / np.maximum(
+                    np.repeat(stops - starts, stops - starts), 1
+                )
+                neigh = neigh[keep]
+            new = np.unique(neigh[~seen[neigh]])
+            seen[new] = True
+            nodes, frontier = np.concatenate([nodes, new]), new
+        sub = graph[nodes][:, nodes].tocoo()
+        edge_index = torch.as_tensor(np.vstack([sub.col, sub.row]).astype(np.int64), device=self.device)
+        x = self._features[torch.as_tensor(nodes, device=self.device), : self.data.n_base]
+        return (x, edge_index, int(seeds.size))
+
+    # -- one step
+    def margin(self) -> float | None:
+        """Logit bound of the discriminator: none during warm-up, ``config.margin`` after."""
+        return None if self.step < self.warmup_steps else self.config.margin
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.config.warmup_fraction * self.config.n_steps)
+
+    def adversarial_weight(self) -> float:
+        """Linear ramp of the adversarial weight over the warm-up."""
+        if self.warmup_steps == 0:
+            return self.weights.adversarial
+        return self.weights.adversarial * min(1.0, self.step / self.warmup_steps)
+
+    def train_step(self) -> dict[str, float]:
+        """One generator step and ``discriminator_steps`` discriminator steps."""
+        self.module.train()
+        b = self.batch(next(self.sampler))
+        margin = self.margin()
+        terms, z = self.module.losses(
+            b["h"], b["counts"], b["library"], b["s"], b["mask"], h_seed=b["h_seed"], margin=margin
+        )
+        w = asdict(self.weights)
+        w["adversarial"] = self.adversarial_weight()
+        loss = sum(w[k] * v for k, v in terms.items())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        record = {k: float(v.detach()) for k, v in terms.items()}
+        record["loss"] = float(loss.detach())
+        if self.module.n_slices > 1:
+            for _ in range(self.config.discriminator_steps):
+                d_loss = self.module.discriminator_loss(z, b["s"], margin)
+                self.opt_disc.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.opt_disc.step()
+            record["discriminator"] = float(d_loss.detach())
+        self.step += 1
+        return record
+
+    # -- checkpoints
+    def state(self) -> dict:
+        """Everything needed to resume: weights, optimisers, step, history, sampler and random states."""
+        return {
+            "module": self.module.state_dict(),
+            "opt": self.opt.state_dict(),
+            "opt_disc": self.opt_disc.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "sampler": {
+                "order": [torch.as_tensor(o) for o in self.sampler.state()["order"]],
+                "pos": self.sampler.state()["pos"],
+            },
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Resume from :meth:`state`."""
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["opt"])
+        self.opt_disc.load_state_dict(state["opt_disc"])
+        self.step = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.sampler.load_state(
+            {"order": [np.asarray(o) for o in state["sampler"]["order"]], "pos": state["sampler"]["pos"]}
+        )
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write :meth:`state` to ``path`` atomically (write new, then replace)."""
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+
+    # -- the loop
+    def fit(self, *, show_progress_bar: bool = True, checkpoint_path: Path | None = None) -> dict[str, list[float]]:
+        """Train until ``n_steps`` (or early stopping); return the loss history (one entry per step)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        best, since_best, smooth = np.inf, 0, None
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.n_steps, initial=self.step, disable=not show_progress_bar, desc="training", unit="step")
+        while self.step < cfg.n_steps:
+            record = self.train_step()
+            for k, v in record.items():
+                self.history.setdefault(k, []).append(v)
+            smooth = record["loss"] if smooth is None else 0.98 * smooth + 0.02 * record["loss"]
+            if self.step % 20 == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "poisson", "adversarial")})
+            bar.update(1)
+            if checkpoint_path is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_path)
+            if cfg.early_stopping and self.step > self.warmup_steps:
+                if smooth < best - cfg.min_delta * abs(best):
+                    best, since_best = smooth, 0
+                else:
+                    since_best += 1
+                    if since_best >= cfg.patience:
+                        logger.info("Early stopping at step %d (no improvement in %d steps)", self.step, cfg.patience)
+                        break
+        bar.close()
+        if checkpoint_path is not None and cfg.checkpoint_every:
+            self.save_checkpoint(checkpoint_path)
+        elapsed = time.perf_counter() - start
+        self.history.setdefault("_seconds", []).append(elapsed)
+        return self.history

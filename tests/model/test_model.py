@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sd_inspire as si
+from sd_inspire.model import InspireModel
+from sd_inspire.model._trainer import Trainer
+
+
+def _tiny(seed=3, **kwargs):
+    adata = si.datasets.simulate(
+        2, n_spots=150, n_genes=100, n_cell_types=4, n_domains=3, output="anndata", random_state=seed, **kwargs
+    )
+    si.pp.preprocess(adata, n_top_genes=80)
+    si.gr.spatial_neighbors(adata)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    model = InspireModel(tiny, n_factors=4, n_latent=8, n_hidden=32)
+    model.train(max_steps=30, batch_size=64, show_progress_bar=False)
+    return model
+
+
+def test_outputs_shapes_and_constraints(trained, tiny):
+    z, beta, loadings = trained.get_latent(), trained.get_factors(), trained.get_loadings()
+    assert z.shape == (300, 8)
+    assert beta.shape == (300, 4)
+    np.testing.assert_allclose(beta.sum(axis=1), 1.0, rtol=1e-5)
+    assert loadings.shape == (80, 4)
+    assert (loadings >= 0).all()
+    np.testing.assert_allclose(loadings.sum(axis=0), 1.0, rtol=1e-4)
+    assert trained.get_slice_effects().shape == (2, 80)
+    assert set(trained.history) >= {"loss", "poisson", "reconstruction", "geometry", "prior", "adversarial"}
+    assert len(trained.history["loss"]) == 30
+    assert np.isfinite(trained.history["loss"]).all()
+
+
+def test_untrained_model_raises(tiny):
+    model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16)
+    for query in (model.get_latent, model.get_factors, model.get_loadings):
+        with pytest.raises(RuntimeError, match="not trained"):
+            query()
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.save("/nonexistent")
+
+
+def test_identical_seeds_identical_results(tiny):
+    runs = []
+    for _ in range(2):
+        m = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16, random_state=11)
+        m.train(max_steps=15, batch_size=64, show_progress_bar=False)
+        runs.append(m.get_latent())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16, random_state=12)
+    other.train(max_steps=15, batch_size=64, show_progress_bar=False)
+    assert not np.allclose(runs[0], other.get_latent())
+
+
+def test_no_global_torch_state_change(tiny):
+    import torch
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    m = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16)
+    m.train(max_steps=3, batch_size=64, show_progress_bar=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_save_load_roundtrip(trained, tiny, tmp_path):
+    trained.save(tmp_path / "m")
+    loaded = InspireModel.load(tmp_path / "m", tiny)
+    np.testing.assert_array_equal(loaded.get_latent(), trained.get_latent())
+    np.testing.assert_array_equal(loaded.get_loadings(), trained.get_loadings())
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(tmp_path / "m")
+    trained.save(tmp_path / "m", overwrite=True)
+    other = _tiny(seed=4)
+    other = other[:, other.var_names[::-1]].copy()  # same genes in another order is another gene space
+    other.var["highly_variable"] = other.var["highly_variable"].to_numpy()
+    with pytest.raises(ValueError, match="genes do not match"):
+        InspireModel.load(tmp_path / "m", other)
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        InspireModel.load(tmp_path / "empty", tiny)
+
+
+def test_checkpoint_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
+    kwargs = {"n_factors": 3, "n_latent": 4, "n_hidden": 16, "random_state": 2}
+    train = {"max_steps": 30, "batch_size": 64, "show_progress_bar": False}
+    full = InspireModel(tiny, **kwargs)
+    full.train(**train)
+
+    original = Trainer.train_step
+
+    def crash_after_20(self):
+        if self.step == 23:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_20)
+    killed = InspireModel(tiny, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train(**train, checkpoint_dir=tmp_path, checkpoint_every=10)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = InspireModel(tiny, **kwargs)
+    resumed.train(**train, checkpoint_dir=tmp_path, checkpoint_every=10)
+    np.testing.assert_allclose(resumed.get_latent(), full.get_latent(), rtol=1e-5, atol=1e-6)
+    assert len(resumed.history["loss"]) == 30
+
+
+def test_gat_encoder(tiny):
+    m = InspireModel(tiny, encoder="gat", n_factors=3, n_latent=6, n_hidden=16)
+    m.train(max_steps=10, batch_size=64, show_progress_bar=False)
+    z = m.get_latent()
+    assert z.shape == (300, 6)
+    assert np.isfinite(z).all()
+
+
+@pytest.mark.parametrize("n_factors", [1, 81])
+def test_bad_n_factors(tiny, n_factors):
+    with pytest.raises(ValueError, match="`n_factors` must be between 2 and"):
+        InspireModel(tiny, n_factors=n_factors)
+
+
+def test_requires_preprocessing_and_graph():
+    adata = si.datasets.simulate(2, n_spots=50, n_genes=60, output="anndata")
+    with pytest.raises(KeyError, match="run `sd_inspire.pp.preprocess`"):
+        InspireModel(adata)
+    si.pp.preprocess(adata, n_top_genes=30)
+    with pytest.raises(KeyError, match="spatial_neighbors"):
+        InspireModel(adata)
+
+
+def test_zero_spots_in_gene_space(tiny):
+    adata = tiny.copy()
+    hv = adata.var["highly_variable"].to_numpy()
+    counts = adata.layers["counts"].tolil()
+    counts[0, np.flatnonzero(hv)] = 0
+    adata.layers["counts"] = counts.tocsr()
+    with pytest.raises(ValueError, match="1 spots have no counts in the gene space"):
+        InspireModel(adata, n_factors=3)

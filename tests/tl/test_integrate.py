@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spatialdata
+from spatialdata.models import PointsModel
+
+import sd_inspire as si
+
+FAST = {"n_factors": 4, "n_latent": 8, "max_steps": 15, "batch_size": 64, "show_progress_bar": False}
+
+
+def _sdata(seed=0):
+    return si.datasets.simulate(2, n_spots=120, n_genes=90, n_cell_types=4, random_state=seed)
+
+
+def test_integrate_spatialdata_writes_every_key():
+    sdata = _sdata()
+    assert si.tl.integrate(sdata, **FAST) is None  # raw counts only: preprocess and graph run by themselves
+    t = sdata["table"]
+    assert t.obsm["X_inspire"].shape == (240, 8)
+    beta = t.obsm["inspire_factors"]
+    assert beta.shape == (240, 4)
+    np.testing.assert_allclose(beta.sum(axis=1), 1.0, rtol=1e-5)
+    loadings = t.varm["inspire_loadings"]
+    assert loadings.shape == (t.n_vars, 4)
+    assert (loadings >= 0).all()
+    in_model = t.var["inspire_gene"].to_numpy()
+    assert in_model.sum() == len(t.uns["inspire"]["genes"])
+    assert (loadings[~in_model] == 0).all()
+    uns = t.uns["inspire"]
+    assert uns["params"]["n_factors"] == 4
+    assert uns["slice_gene_effects"].shape == (2, in_model.sum())
+    assert len(uns["history"]["loss"]) == 15
+    assert "torch" in uns["versions"]
+    factors = sdata.tables["inspire_factors"]
+    assert factors.var_names.tolist() == ["factor_0", "factor_1", "factor_2", "factor_3"]
+    np.testing.assert_array_equal(factors.X, beta)
+    assert factors.uns["spatialdata_attrs"]["region"] == t.uns["spatialdata_attrs"]["region"]
+    np.testing.assert_array_equal(factors.obs["instance_id"], t.obs["instance_id"])
+
+
+def test_integrate_anndata_copy_and_key_added():
+    adata = _sdata()["table"]
+    out = si.tl.integrate(adata, key_added="run1", copy=True, **FAST)
+    assert "X_run1" in out.obsm
+    assert "run1_factors" in out.obsm
+    assert "X_run1" not in adata.obsm
+    assert "counts" not in adata.layers
+
+
+def test_same_seed_same_result():
+    a = si.tl.integrate(_sdata()["table"], copy=True, random_state=4, **FAST)
+    b = si.tl.integrate(_sdata()["table"], copy=True, random_state=4, **FAST)
+    np.testing.assert_array_equal(a.obsm["X_inspire"], b.obsm["X_inspire"])
+
+
+def test_zarr_store_keeps_other_elements(tmp_path):
+    sdata = _sdata()
+    points = PointsModel.parse(np.random.default_rng(0).uniform(0, 100, (50, 2)), transformations=None)
+    sdata.points["transcripts"] = points
+    store = tmp_path / "x.zarr"
+    sdata.write(store)
+    backed = spatialdata.read_zarr(store)
+    si.tl.integrate(backed, **FAST)
+    back = spatialdata.read_zarr(store)
+    assert set(back.points) == {"transcripts"}
+    assert set(back.shapes) == set(sdata.shapes)
+    assert set(back.tables) == {"table", "inspire_factors"}
+    np.testing.assert_array_equal(back["table"].obsm["X_inspire"], backed["table"].obsm["X_inspire"])
+    assert back["transcripts"].compute().shape[0] == 50
+    # running again replaces the results in place
+    si.tl.integrate(backed, random_state=1, **FAST)
+    again = spatialdata.read_zarr(store)
+    np.testing.assert_array_equal(again["table"].obsm["X_inspire"], backed["table"].obsm["X_inspire"])
+    assert not any("backup" in k for k in again.tables)
+
+
+def test_single_slice_warns_and_works():
+    adata = si.datasets.simulate(1, n_spots=150, n_genes=90, n_cell_types=4, output="anndata")
+    with pytest.warns(UserWarning, match="single slice"):
+        si.tl.integrate(adata, **FAST)
+    assert "adversarial" not in adata.uns["inspire"]["history"]
+
+
+def test_bad_inputs():
+    adata = _sdata()["table"]
+    with pytest.raises(ValueError, match="n_factors"):
+        si.tl.integrate(adata.copy(), **{**FAST, "n_factors": 1})
+    noisy = adata.copy()
+    noisy.X = noisy.X * 0.5
+    with pytest.warns(UserWarning, match="non-integer"), pytest.raises(KeyError, match="needs raw counts"):
+        si.tl.integrate(noisy, **FAST)
