@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sd_inspire.tl._domains import domains
 from sd_inspire.tl._integrate import integrate
 
-__all__ = ["integrate"]
+__all__ = ["domains", "integrate"]

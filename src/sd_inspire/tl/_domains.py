@@ -1,0 +1,275 @@
+"""Spatial domains: clustering of an integrated representation with a GMM, k-means or Leiden."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from sd_inspire._docs import d
+from sd_inspire._logging import log_added, logger, timed
+from sd_inspire._utils import get_table, maybe_copy, random_generator
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+_METHODS = ("gmm", "kmeans", "leiden")
+#: Above this many dimensions the GMM uses diagonal covariances (``d`` parameters per component instead of
+#: ``d (d + 1) / 2``), which keeps the fit fast and well conditioned.
+_GMM_FULL_MAX_DIM = 64
+_GMM_N_INIT = 3
+_LEIDEN_N_NEIGHBORS = 15
+_LEIDEN_MAX_STEPS = 40
+
+
+@d.dedent
+def domains(
+    data: AnnData | SpatialData,
+    *,
+    n_domains: int = 7,
+    method: Literal["gmm", "kmeans", "leiden"] = "gmm",
+    use_rep: str = "X_inspire",
+    table_key: str | None = None,
+    key_added: str = "inspire_domain",
+    random_state: int | np.random.Generator | None = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cluster spots into spatial domains from a representation in :attr:`~anndata.AnnData.obsm`.
+
+    The rows of ``obsm[use_rep]`` (e.g. the integrated latent space of all slices) are clustered with one of
+
+    - ``"gmm"``: a Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation, best of
+      3 initialisations). Covariances are ``"full"`` for up to 64 dimensions and ``"diag"`` above, where full
+      covariances become slow and poorly conditioned.
+    - ``"kmeans"``: :class:`sklearn.cluster.KMeans` with ``n_init=10``.
+    - ``"leiden"``: Leiden communities (``leidenalg``, RB-configuration/modularity objective) of the symmetric,
+      unweighted 15-nearest-neighbour graph of the representation. The resolution is searched by bisection until
+      the partition has ``n_domains`` clusters; if that number cannot be reached exactly, a warning is logged and
+      the partition with the closest number of clusters is kept. Needs the optional packages ``igraph`` and
+      ``leidenalg``.
+
+    Domains are named ``"0"``, ``"1"``, ... from the largest to the smallest (ties by the clustering's own
+    label), so that labels do not depend on the arbitrary numbering of the clustering.
+
+    Parameters
+    ----------
+    %(data)s
+    n_domains
+        Number of domains, from 1 to the number of spots.
+    method
+        ``"gmm"``, ``"kmeans"`` or ``"leiden"``, see above.
+    use_rep
+        Key of :attr:`~anndata.AnnData.obsm` with the representation to cluster.
+    %(table_key)s
+    key_added
+        Domains go to ``obs[key_added]``, parameters to ``uns[key_added]``.
+    %(random_state)s
+        An integer seed is drawn from it and passed to scikit-learn or ``leidenalg``.
+    %(copy)s
+
+    Returns
+    -------
+    %(copy_returns)s, with
+
+    - ``obs[key_added]``: categorical domain of each spot, categories ``"0"``, ``"1"``, ... (only domains that
+      hold at least one spot);
+    - ``uns[key_added]``: ``method``, ``n_domains``, ``use_rep``, ``random_state`` (the integer seed given, or
+      ``None``), ``seed`` (the integer actually passed to the clustering), ``n_found`` (number of domains found)
+      and, for Leiden, ``resolution``.
+
+    Raises
+    ------
+    KeyError
+        If ``obsm[use_rep]`` is missing.
+    ValueError
+        If ``n_domains`` is not between 1 and the number of spots, ``method`` is unknown, or the representation is
+        not a 2D array of finite values.
+    TypeError
+        If ``n_domains`` is not an integer or ``random_state`` is neither an integer, a Generator nor ``None``.
+    ImportError
+        For ``method="leiden"`` without ``igraph`` and ``leidenalg`` installed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sd_inspire as si
+    >>> adata = si.datasets.simulate(2, n_spots=300, output="anndata")
+    >>> adata.obsm["X_inspire"] = np.log1p(adata.X.toarray())[:, :20]
+    >>> si.tl.domains(adata, n_domains=3, method="kmeans")
+    >>> adata.obs["inspire_domain"].cat.categories.tolist()
+    ['0', '1', '2']
+    """
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
+    if isinstance(n_domains, bool) or not isinstance(n_domains, int | np.integer):
+        raise TypeError(f"`n_domains` must be an integer, got {n_domains!r}.")
+    rng = random_generator(random_state)
+    adata = maybe_copy(get_table(data, table_key), copy)
+    x = _representation(adata, use_rep)
+    if not 1 <= n_domains <= adata.n_obs:
+        raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
+    n_domains = int(n_domains)
+    seed = int(rng.integers(2**31 - 1))
+
+    extra: dict[str, float] = {}
+    with timed(f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}"):
+        if method == "gmm":
+            labels = _gmm(x, n_domains, seed)
+        elif method == "kmeans":
+            labels = _kmeans(x, n_domains, seed)
+        else:
+            labels, resolution = _leiden(x, n_domains, seed)
+            extra["resolution"] = resolution
+        labels = _relabel_by_size(labels)
+        n_found = int(labels.max()) + 1
+        if n_found != n_domains and method != "leiden":  # Leiden already logged its own warning
+            logger.warning(
+                "Asked for %d domains, %s found %d non-empty ones in `obsm[%r]`.", n_domains, method, n_found, use_rep
+            )
+        categories = [str(i) for i in range(n_found)]
+        adata.obs[key_added] = pd.Categorical.from_codes(labels, categories=categories)
+        adata.uns[key_added] = {
+            "method": method,
+            "n_domains": n_domains,
+            "use_rep": use_rep,
+            "random_state": int(random_state) if isinstance(random_state, int | np.integer) else None,
+            "seed": seed,
+            "n_found": n_found,
+            **extra,
+        }
+        log_added("obs", key_added)
+        log_added("uns", key_added)
+    return adata if copy else None
+
+
+def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
+    """``obsm[use_rep]`` as a finite float64 2D array, or raise naming the key."""
+    if use_rep not in adata.obsm:
+        raise KeyError(
+            f"No `adata.obsm[{use_rep!r}]` (obsm keys: {list(adata.obsm.keys())}). Compute the representation "
+            "first or pass another `use_rep=`."
+        )
+    rep = adata.obsm[use_rep]
+    if isinstance(rep, pd.DataFrame):
+        rep = rep.to_numpy()
+    elif sparse.issparse(rep):
+        rep = rep.toarray()
+    x = np.asarray(rep, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"`adata.obsm[{use_rep!r}]` must be n_obs x n_dims with n_dims >= 1, got shape {x.shape}.")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        raise ValueError(
+            f"`adata.obsm[{use_rep!r}]` has NaN or infinite values in {int(bad.sum())} rows, e.g. {first!r}."
+        )
+    return x
+
+
+def _gmm(x: np.ndarray, n_domains: int, seed: int) -> np.ndarray:
+    from sklearn.mixture import GaussianMixture
+
+    covariance_type = "full" if x.shape[1] <= _GMM_FULL_MAX_DIM else "diag"
+    gmm = GaussianMixture(
+        n_components=n_domains,
+        covariance_type=covariance_type,
+        n_init=_GMM_N_INIT,
+        max_iter=500,
+        random_state=seed,
+    )
+    return gmm.fit_predict(x)
+
+
+def _kmeans(x: np.ndarray, n_domains: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=n_domains, n_init=10, random_state=seed).fit_predict(x)
+
+
+def _leiden(x: np.ndarray, n_domains: int, seed: int) -> tuple[np.ndarray, float]:
+    """Leiden clusters of the kNN graph of ``x`` with a resolution searched so that there are ``n_domains``."""
+    try:
+        import igraph
+        import leidenalg
+    except ImportError as err:
+        raise ImportError(
+            "`method='leiden'` needs the packages igraph and leidenalg: `pip install igraph leidenalg`. "
+            "Or use `method='gmm'` or `method='kmeans'`."
+        ) from err
+
+    n_obs = x.shape[0]
+    if n_domains == 1 or n_obs < 3:
+        # One domain is the whole table; with fewer than three spots there is no graph worth clustering.
+        labels = np.zeros(n_obs, dtype=np.int64) if n_domains == 1 else np.arange(n_obs, dtype=np.int64)
+        return labels, 0.0
+
+    graph = _knn_graph(x, min(_LEIDEN_N_NEIGHBORS, n_obs - 1))
+    upper = sparse.triu(graph, k=1).tocoo()
+    g = igraph.Graph(n=n_obs, edges=np.column_stack([upper.row, upper.col]).tolist(), directed=False)
+
+    cache: dict[float, np.ndarray] = {}
+
+    def partition(resolution: float) -> np.ndarray:
+        if resolution not in cache:
+            part = leidenalg.find_partition(
+                g,
+                leidenalg.RBConfigurationVertexPartition,
+                resolution_parameter=resolution,
+                n_iterations=2,
+                seed=seed,
+            )
+            cache[resolution] = np.asarray(part.membership, dtype=np.int64)
+        return cache[resolution]
+
+    def n_clusters(resolution: float) -> int:
+        return int(partition(resolution).max()) + 1
+
+    # Bracket the target: the number of clusters grows (roughly monotonically) with the resolution.
+    low, high = 0.0, 1.0
+    while n_clusters(high) < n_domains and high < 2.0**12:
+        low, high = high, high * 2
+    for _ in range(_LEIDEN_MAX_STEPS):
+        if n_clusters(high) == n_domains:
+            break
+        mid = (low + high) / 2
+        found = n_clusters(mid)
+        if found == n_domains:
+            high = mid
+            break
+        if found < n_domains:
+            low = mid
+        else:
+            high = mid
+    # The searched resolution closest in number of clusters (the smallest resolution among ties).
+    best = min(cache, key=lambda r: (abs(int(cache[r].max()) + 1 - n_domains), r))
+    found = n_clusters(best)
+    if found != n_domains:
+        logger.warning(
+            "Leiden could not reach exactly %d domains; keeping %d (resolution %.4g).", n_domains, found, best
+        )
+    return partition(best), float(best)
+
+
+def _knn_graph(x: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Symmetric, unweighted kNN graph of the rows of ``x`` (no self loops)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    knn = NearestNeighbors(n_neighbors=n_neighbors).fit(x).kneighbors_graph(mode="connectivity")
+    graph = knn.maximum(knn.T).tocsr()
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    return graph
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Codes ``0..k-1`` for the non-empty labels, ``0`` the most frequent; ties by original label."""
+    uniques, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.lexsort((uniques, -counts))  # by decreasing size, then by label
+    rank = np.empty(uniques.size, dtype=np.int64)
+    rank[order] = np.arange(uniques.size)
+    return rank[inverse.ravel()]

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+import sd_inspire as si
+from sd_inspire.tl._domains import domains
+from sd_inspire.tl._metrics import ari
+
+HAS_LEIDEN = importlib.util.find_spec("igraph") is not None and importlib.util.find_spec("leidenalg") is not None
+
+
+def _blobs(n_per=60, n_blobs=4, dim=5, seed=0):
+    """Well-separated Gaussian blobs in obsm["X_inspire"], truth in obs["blob"], unequal blob sizes."""
+    rng = np.random.default_rng(seed)
+    sizes = [n_per + 10 * i for i in range(n_blobs)]
+    centres = rng.normal(scale=30, size=(n_blobs, dim))
+    x = np.vstack([c + rng.normal(size=(s, dim)) for c, s in zip(centres, sizes, strict=True)])
+    truth = np.repeat(np.arange(n_blobs), sizes)
+    perm = rng.permutation(x.shape[0])
+    adata = AnnData(obs=pd.DataFrame({"blob": truth[perm].astype(str)}, index=[f"c{i}" for i in range(x.shape[0])]))
+    adata.obsm["X_inspire"] = x[perm]
+    return adata
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans"])
+def test_recovers_blobs(method):
+    adata = _blobs()
+    assert domains(adata, n_domains=4, method=method) is None
+    labels = adata.obs["inspire_domain"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    assert list(labels.cat.categories) == ["0", "1", "2", "3"]
+    assert ari(adata.obs["blob"], labels) == 1.0
+    # ordered by size: the largest blob ("3", 90 cells) is domain "0"
+    assert labels.value_counts().loc["0"] == 90
+    assert (labels[adata.obs["blob"] == "3"] == "0").all()
+    assert adata.uns["inspire_domain"] == {
+        "method": method,
+        "n_domains": 4,
+        "use_rep": "X_inspire",
+        "random_state": 0,
+        "seed": adata.uns["inspire_domain"]["seed"],
+        "n_found": 4,
+    }
+
+
+def test_gmm_high_dimensional_uses_diagonal_covariances():
+    adata = _blobs(n_per=40, n_blobs=3, dim=80)
+    domains(adata, n_domains=3, method="gmm")
+    assert ari(adata.obs["blob"], adata.obs["inspire_domain"]) == 1.0
+
+
+needs_leiden = pytest.mark.skipif(
+    not HAS_LEIDEN, reason="igraph and leidenalg are not installed (pip install igraph leidenalg)"
+)
+
+
+@needs_leiden
+def test_leiden_recovers_blobs():
+    adata = _blobs()
+    domains(adata, n_domains=4, method="leiden", key_added="leiden")
+    assert ari(adata.obs["blob"], adata.obs["leiden"]) == 1.0
+    assert adata.uns["leiden"]["method"] == "leiden"
+    assert adata.uns["leiden"]["resolution"] >= 0
+
+
+@needs_leiden
+@pytest.mark.parametrize("n_domains", [2, 5, 8])
+def test_leiden_reaches_requested_number(n_domains):
+    # one connected cloud: the resolution search must find a partition with exactly n_domains clusters
+    adata = _blobs(n_blobs=1, n_per=300, dim=3)
+    domains(adata, n_domains=n_domains, method="leiden", key_added="leiden")
+    assert adata.obs["leiden"].nunique() == n_domains
+    assert adata.obs["leiden"].cat.categories.tolist() == [str(i) for i in range(n_domains)]
+    assert adata.uns["leiden"]["n_found"] == n_domains
+
+
+@needs_leiden
+def test_leiden_warns_when_unreachable(caplog):
+    # four disconnected kNN components cannot be merged into two Leiden communities
+    adata = _blobs()
+    with caplog.at_level(logging.WARNING, logger="sd_inspire"):
+        domains(adata, n_domains=2, method="leiden")
+    assert "could not reach exactly 2 domains; keeping 4" in caplog.text
+    assert adata.uns["inspire_domain"]["n_found"] == 4
+
+
+@pytest.mark.skipif(HAS_LEIDEN, reason="igraph and leidenalg are installed")
+def test_leiden_without_igraph_says_what_to_install():
+    with pytest.raises(ImportError, match="pip install igraph leidenalg"):
+        domains(_blobs(), n_domains=4, method="leiden")
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", *(["leiden"] if HAS_LEIDEN else [])])
+def test_same_random_state_same_result(method):
+    adata = _blobs(n_per=30, n_blobs=5)
+    # structureless data, so that the result depends on the initialisation
+    adata.obsm["X_inspire"] = np.random.default_rng(5).normal(size=(adata.n_obs, 2))
+    a = domains(adata, n_domains=5, method=method, random_state=7, copy=True)
+    b = domains(adata, n_domains=5, method=method, random_state=7, copy=True)
+    c = domains(adata, n_domains=5, method=method, random_state=np.random.default_rng(7), copy=True)
+    pd.testing.assert_series_equal(a.obs["inspire_domain"], b.obs["inspire_domain"])
+    pd.testing.assert_series_equal(a.obs["inspire_domain"], c.obs["inspire_domain"])
+    assert a.uns["inspire_domain"]["seed"] == c.uns["inspire_domain"]["seed"]
+    assert c.uns["inspire_domain"]["random_state"] is None
+    if method != "leiden":  # the seed does reach the clustering
+        other = domains(adata, n_domains=5, method=method, random_state=0, copy=True)
+        assert ari(a.obs["inspire_domain"], other.obs["inspire_domain"]) < 1
+
+
+def test_random_state_does_not_touch_global_state():
+    adata = _blobs()
+    before = np.random.get_state()[1].copy()  # noqa: NPY002 - the legacy global state is what is checked
+    domains(adata, n_domains=4, method="gmm", random_state=None)
+    domains(adata, n_domains=4, method="kmeans", random_state=None)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+
+
+def test_copy_leaves_input_untouched():
+    adata = _blobs()
+    obs_before, uns_before = adata.obs.copy(), dict(adata.uns)
+    out = domains(adata, n_domains=4, method="kmeans", key_added="dom", copy=True)
+    assert isinstance(out, AnnData)
+    assert out is not adata
+    assert "dom" in out.obs
+    assert "dom" in out.uns
+    pd.testing.assert_frame_equal(adata.obs, obs_before)
+    assert dict(adata.uns) == uns_before
+
+
+def test_single_domain():
+    adata = _blobs()
+    domains(adata, n_domains=1, method="gmm")
+    assert adata.obs["inspire_domain"].cat.categories.tolist() == ["0"]
+    assert (adata.obs["inspire_domain"] == "0").all()
+
+
+def test_missing_obsm_key():
+    adata = _blobs()
+    with pytest.raises(KeyError, match=r"X_nope.*X_inspire"):
+        domains(adata, use_rep="X_nope")
+
+
+@pytest.mark.parametrize("n_domains", [0, -1, 301])
+def test_bad_n_domains(n_domains):
+    with pytest.raises(ValueError, match="between 1 and the number of spots"):
+        domains(_blobs(), n_domains=n_domains)
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        domains(_blobs(), method="hdbscan")
+
+
+def test_non_finite_representation():
+    adata = _blobs()
+    adata.obsm["X_inspire"][3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 rows, e.g. 'c3'"):
+        domains(adata, n_domains=2)
+
+
+def test_spatialdata_input_and_squidpy_nhood_enrichment(sim_sdata, sim_adata):
+    import squidpy as sq
+    from sklearn.decomposition import PCA
+
+    # SpatialData: the table is updated in place
+    table = sim_sdata.tables["table"]
+    table.obsm["X_inspire"] = np.log1p(table.X.toarray())[:, :10]
+    domains(sim_sdata, n_domains=3, method="kmeans")
+    assert sim_sdata.tables["table"].obs["inspire_domain"].nunique() == 3
+
+    # squidpy reads the written key with the graph of sd_inspire
+    adata = sim_adata
+    adata.obsm["X_pca"] = PCA(10, random_state=0).fit_transform(np.log1p(adata.X.toarray()))
+    si.gr.spatial_neighbors(adata)
+    domains(adata, n_domains=4, use_rep="X_pca", method="gmm")
+    sq.gr.nhood_enrichment(adata, cluster_key="inspire_domain", n_perms=20, seed=0, show_progress_bar=False)
+    z = adata.uns["inspire_domain_nhood_enrichment"]["zscore"]
+    k = adata.obs["inspire_domain"].cat.categories.size
+    assert z.shape == (k, k)
+    assert np.isfinite(z).all()
+    # the simulated domains are spatially coherent, so the domains found self-enrich
+    off_diagonal = z[~np.eye(k, dtype=bool)]
+    assert np.diag(z).mean() > 5
+    assert np.diag(z).mean() > off_diagonal.mean() + 5
