@@ -1,4 +1,4 @@
-"""The main job on a bundled default: slices -> preprocess -> spatial graph -> propagate -> zarr store + figure.
+"""The main job on a bundled default: slices -> preprocess -> graph -> integrate -> domains -> zarr store + figures.
 
 By default the slices are simulated (``sd_inspire.datasets.simulate``: four serial sections measured by Visium,
 Stereo-seq, Slide-seq and MERFISH). ``--dlpfc FOLDER`` reads the four real DLPFC Visium slices instead, from the
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dlpfc", type=Path, help="folder with the four DLPFC Visium slices (real data)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
     parser.add_argument("--n-spots", type=int, default=1500, help="spots per simulated slice (default: 1500)")
-    parser.add_argument("--seed", type=int, default=0, help="random_state of the simulation (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random_state of simulation and model (default: 0)")
+    parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: from the data size)")
+    parser.add_argument("--n-factors", type=int, default=10, help="spatial factors / gene programs (default: 10)")
     args = parser.parse_args(argv)
     logging.getLogger("sd_inspire").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
@@ -67,15 +69,30 @@ def main(argv: list[str] | None = None) -> int:
 
     si.pp.preprocess(sdata, n_top_genes=2000, gene_space="union" if args.dlpfc is None else "shared")
     si.gr.spatial_neighbors(sdata)
-    si.gr.propagate(sdata)
     degree = table.obsp["spatial_connectivities"].sum(axis=1)
     print(
         f"gene space: {int(table.var['highly_variable'].sum())} genes; graph: {degree.mean():.2f} neighbours per spot"
     )
+    si.tl.integrate(
+        sdata, n_factors=args.n_factors, max_steps=args.max_steps, random_state=args.seed, show_progress_bar=False
+    )
+    n_domains = table.obs[color].nunique()
+    si.tl.domains(sdata, n_domains=n_domains, smooth=2, random_state=args.seed)
+    from sd_inspire.tl._metrics import ari, batch_mixing
+
+    truth = table.obs[color].to_numpy()
+    print(
+        f"domains vs {color}: ARI {ari(truth, table.obs['inspire_domain']):.3f}; "
+        f"batch mixing within {color}: {batch_mixing(table.obsm['X_inspire'], table.obs['slice'], truth):.3f}"
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    figure = args.out / f"{name}_{color}.png"
-    si.pl.spatial(sdata, color=color, save=figure)
+    figures = [args.out / f"{name}_{color}.png", args.out / f"{name}_domains.png", args.out / f"{name}_factors.png"]
+    si.pl.spatial(sdata, color=color, save=figures[0])
+    si.pl.spatial(sdata, color="inspire_domain", save=figures[1])
+    strongest = int(table.obsm["inspire_factors"].var(axis=0).argmax())
+    table.obs[f"factor_{strongest}"] = table.obsm["inspire_factors"][:, strongest]
+    si.pl.spatial(sdata, color=f"factor_{strongest}", save=figures[2])
     store = args.out / f"{name}.zarr"
     staging = args.out / f".{name}.zarr.partial"  # write new, then swap: a failed run leaves the old store intact
     if staging.exists():
@@ -85,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store)
     staging.rename(store)
     print(f"zarr store: {store.resolve()}")
-    print(f"figure:     {figure.resolve()}")
+    for figure in figures:
+        print(f"figure:     {figure.resolve()}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

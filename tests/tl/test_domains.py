@@ -43,16 +43,22 @@ def test_recovers_blobs(method):
         "method": method,
         "n_domains": 4,
         "use_rep": "X_inspire",
+        "smooth": 0,
+        **({"covariance_type": "tied"} if method == "gmm" else {}),
         "random_state": 0,
         "seed": adata.uns["inspire_domain"]["seed"],
         "n_found": 4,
     }
 
 
-def test_gmm_high_dimensional_uses_diagonal_covariances():
-    adata = _blobs(n_per=40, n_blobs=3, dim=80)
-    domains(adata, n_domains=3, method="gmm")
+@pytest.mark.parametrize("covariance_type", ["tied", "full", "diag", "spherical"])
+def test_gmm_covariance_types(covariance_type):
+    adata = _blobs(n_per=40, n_blobs=3, dim=20)
+    domains(adata, n_domains=3, method="gmm", covariance_type=covariance_type)
     assert ari(adata.obs["blob"], adata.obs["inspire_domain"]) == 1.0
+    assert adata.uns["inspire_domain"]["covariance_type"] == covariance_type
+    with pytest.raises(ValueError, match="covariance_type"):
+        domains(adata, n_domains=3, covariance_type="EEE")
 
 
 needs_leiden = pytest.mark.skipif(
@@ -188,3 +194,22 @@ def test_spatialdata_input_and_squidpy_nhood_enrichment(sim_sdata, sim_adata):
     off_diagonal = z[~np.eye(k, dtype=bool)]
     assert np.diag(z).mean() > 5
     assert np.diag(z).mean() > off_diagonal.mean() + 5
+
+
+def test_smooth_makes_domains_contiguous(sim_adata):
+    import sd_inspire as si
+
+    si.gr.spatial_neighbors(sim_adata)
+    rng = np.random.default_rng(0)
+    truth = sim_adata.obs["domain"].cat.codes.to_numpy()
+    centres = rng.normal(0, 1.0, (truth.max() + 1, 5))
+    sim_adata.obsm["noisy"] = centres[truth] + rng.normal(0, 1.2, (sim_adata.n_obs, 5))
+    raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
+    smooth = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=2, copy=True)
+    from sd_inspire.tl._metrics import ari
+
+    assert smooth.uns["inspire_domain"]["smooth"] == 2
+    assert ari(truth, smooth.obs["inspire_domain"]) > ari(truth, raw) + 0.1
+    del sim_adata.obsp["spatial_connectivities"]
+    with pytest.raises(KeyError, match="needs the graph"):
+        domains(sim_adata, n_domains=5, use_rep="noisy", smooth=1)

@@ -177,7 +177,7 @@ def _slice_graph(
         return empty, empty.copy(), {**params, "n_neighbors": 0}
     sub = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)), obsm={Key.SPATIAL: coords})
     k = min(n_neighs, n - 1)
-    with warnings.catch_warnings(), quiet("spatialdata"):
+    with warnings.catch_warnings(), quiet("spatialdata._logging"):
         warnings.filterwarnings("ignore", category=FutureWarning)
         if method == "grid":
             res = sq.gr.spatial_neighbors_grid(sub, n_neighs=k, copy=True)

@@ -30,6 +30,7 @@ class ModelData:
     features: np.ndarray  # n x p float32: [Y, ÂY, ..., Â^k Y] with Y a reduction of the log expression
     counts: sparse.csr_matrix  # n x G raw counts of the gene space
     library: np.ndarray  # n, counts over the gene space
+    saturated: np.ndarray  # n, sum_g x log(x / l): the Poisson deviance's saturated term
     slices: np.ndarray  # n, int codes
     mask: np.ndarray  # S x G, genes each slice measured
     slice_names: list[str]
@@ -99,6 +100,10 @@ def prepare(
             "filter them (`pp.preprocess(min_counts=...)`) or widen the gene space."
         )
 
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    frac = counts.data / library[rows]
+    saturated = np.bincount(rows, weights=counts.data * np.log(frac), minlength=counts.shape[0]).astype(np.float32)
+
     # Encoder features: genes measured by every slice (all of the gene space if none is shared by all)
     shared = mask.all(axis=0)
     feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
@@ -126,6 +131,7 @@ def prepare(
         features=features,
         counts=counts,
         library=library,
+        saturated=saturated,
         slices=codes,
         mask=mask,
         slice_names=slice_names,

@@ -182,7 +182,7 @@ class InspireModel:
             Learning rate (Adam) of the model and the discriminator.
         loss_weights
             Weights of the terms ``poisson``, ``reconstruction``, ``geometry``, ``prior``, ``adversarial``,
-            ``slice_effect`` (defaults in :class:`~sd_inspire.model._module.LossWeights`).
+            ``slice_effect`` (defaults: 1, 1, 0.02, 4, 1, 0.01).
         warmup_fraction
             Fraction of the steps over which the adversarial weight ramps up from 0; afterwards the discriminator
             logits are bounded by ``margin``.

@@ -16,10 +16,10 @@ class LossWeights:
 
     poisson: float = 1.0
     reconstruction: float = 1.0
-    geometry: float = 1.0
-    prior: float = 0.1
-    adversarial: float = 0.5
-    slice_effect: float = 1e-3
+    geometry: float = 0.02
+    prior: float = 4.0
+    adversarial: float = 1.0
+    slice_effect: float = 1e-2
 
 
 def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float, n_layers: int = 1) -> nn.Sequential:
@@ -128,12 +128,13 @@ class InspireModule(nn.Module):
         mask: torch.Tensor,
         *,
         h_seed: torch.Tensor | None = None,
+        saturated: torch.Tensor | None = None,
         margin: float | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms of the generative side for one minibatch, and the latent codes.
 
         ``h`` is passed to :meth:`encode`; ``h_seed`` (default ``h``) is the per-spot feature matrix that the
-        decoder reconstructs and the geometry term compares with.
+        decoder reconstructs and the geometry term compares with; ``saturated`` is ``sum_g x log(x / l)`` per spot.
         """
         z = self.encode(h)
         target = h_seed if h_seed is not None else h
@@ -141,13 +142,15 @@ class InspireModule(nn.Module):
         h_rec = self.decoder(torch.cat([z, self.slice_embedding(s)], dim=-1))
         beta = self.factors(z, s)
         # Poisson log-likelihood with rates l_i q_ig renormalised over the measured genes: sum_g λ_ig = l_i is
-        # fixed, so up to a constant it is the multinomial term sum_g x_ig log q_ig (per count, for scale)
+        # fixed, so up to a constant it is the multinomial term sum_g x_ig log q_ig. Reported per spot as half the
+        # deviance, sum_g x_ig log(x_ig / (l_i q_ig)) >= 0, with the saturated term precomputed per spot.
         log_q = torch.log(self.rates(beta, s, mask).clamp_min(1e-12))
-        poisson = -(counts * log_q).sum() / library.sum().clamp_min(1)
-        reconstruction = F.mse_loss(h_rec, target)
-        geometry = F.mse_loss(_cosine(z), _cosine(target))
+        nll = -(counts * log_q).sum(dim=-1)
+        poisson = (nll + saturated).mean() if saturated is not None else nll.mean()
+        reconstruction = (h_rec - target).pow(2).sum(dim=-1).sqrt().mean()
+        geometry = (_cosine(z) - _cosine(target)).pow(2).sum(dim=-1).mean()
         usage = beta.mean(dim=0)
-        prior = -torch.log(usage + 1e-6).mean() - math.log(usage.numel())  # 0 when all factors are used equally
+        prior = -torch.log(usage + 1e-6).sum() - usage.numel() * math.log(usage.numel())  # 0 at equal usage
         slice_effect = self.slice_gene_effect.pow(2).mean()
         terms = {
             "poisson": poisson,

@@ -72,6 +72,7 @@ class Trainer:
             "h_seed": self._features[torch.as_tensor(idx, device=dev)],
             "counts": torch.as_tensor(d.counts[idx].toarray(), device=dev),
             "library": torch.as_tensor(d.library[idx], device=dev),
+            "saturated": torch.as_tensor(d.saturated[idx], device=dev),
             "s": s,
             "mask": self._mask[s],
         }
@@ -125,7 +126,14 @@ class Trainer:
         b = self.batch(next(self.sampler))
         margin = self.margin()
         terms, z = self.module.losses(
-            b["h"], b["counts"], b["library"], b["s"], b["mask"], h_seed=b["h_seed"], margin=margin
+            b["h"],
+            b["counts"],
+            b["library"],
+            b["s"],
+            b["mask"],
+            h_seed=b["h_seed"],
+            saturated=b["saturated"],
+            margin=margin,
         )
         w = asdict(self.weights)
         w["adversarial"] = self.adversarial_weight()

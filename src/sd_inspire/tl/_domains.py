@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 _METHODS = ("gmm", "kmeans", "leiden")
-#: Above this many dimensions the GMM uses diagonal covariances (``d`` parameters per component instead of
-#: ``d (d + 1) / 2``), which keeps the fit fast and well conditioned.
-_GMM_FULL_MAX_DIM = 64
 _GMM_N_INIT = 3
 _LEIDEN_N_NEIGHBORS = 15
 _LEIDEN_MAX_STEPS = 40
@@ -34,6 +31,9 @@ def domains(
     use_rep: str = "X_inspire",
     table_key: str | None = None,
     key_added: str = "inspire_domain",
+    covariance_type: Literal["tied", "full", "diag", "spherical"] = "tied",
+    smooth: int = 0,
+    connectivity_key: str = "spatial_connectivities",
     random_state: int | np.random.Generator | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
@@ -42,8 +42,7 @@ def domains(
     The rows of ``obsm[use_rep]`` (e.g. the integrated latent space of all slices) are clustered with one of
 
     - ``"gmm"``: a Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation, best of
-      3 initialisations). Covariances are ``"full"`` for up to 64 dimensions and ``"diag"`` above, where full
-      covariances become slow and poorly conditioned.
+      3 initialisations), by default with one covariance shared by all components (``covariance_type``).
     - ``"kmeans"``: :class:`sklearn.cluster.KMeans` with ``n_init=10``.
     - ``"leiden"``: Leiden communities (``leidenalg``, RB-configuration/modularity objective) of the symmetric,
       unweighted 15-nearest-neighbour graph of the representation. The resolution is searched by bisection until
@@ -66,6 +65,14 @@ def domains(
     %(table_key)s
     key_added
         Domains go to ``obs[key_added]``, parameters to ``uns[key_added]``.
+    covariance_type
+        Covariance of the GMM components: ``"tied"`` (one covariance shared by all domains, as mclust's ``EEE``
+        model that spatial-domain studies use; the most stable), ``"full"``, ``"diag"`` or ``"spherical"``.
+    smooth
+        Average the representation over the spatial neighbours this many times (``D^-1 (A + I)``, within slices)
+        before clustering: spatial domains come out more contiguous. ``0`` clusters the representation as is.
+    connectivity_key
+        Graph in :attr:`~anndata.AnnData.obsp` used by ``smooth``.
     %(random_state)s
         An integer seed is drawn from it and passed to scikit-learn or ``leidenalg``.
     %(copy)s
@@ -109,6 +116,20 @@ def domains(
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
     x = _representation(adata, use_rep)
+    if covariance_type not in ("tied", "full", "diag", "spherical"):
+        raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
+    if smooth < 0:
+        raise ValueError(f"`smooth` must be a number of hops >= 0, got {smooth}.")
+    if smooth:
+        if connectivity_key not in adata.obsp:
+            raise KeyError(
+                f"`smooth={smooth}` needs the graph `adata.obsp[{connectivity_key!r}]`; run `sd_inspire.gr.spatial_neighbors`."
+            )
+        from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
+
+        a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
+        for _ in range(smooth):
+            x = chunked_matmul(a_mean, x, 20_000).astype(np.float64)
     if not 1 <= n_domains <= adata.n_obs:
         raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
     n_domains = int(n_domains)
@@ -117,7 +138,7 @@ def domains(
     extra: dict[str, float] = {}
     with timed(f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}"):
         if method == "gmm":
-            labels = _gmm(x, n_domains, seed)
+            labels = _gmm(x, n_domains, seed, covariance_type)
         elif method == "kmeans":
             labels = _kmeans(x, n_domains, seed)
         else:
@@ -135,6 +156,8 @@ def domains(
             "method": method,
             "n_domains": n_domains,
             "use_rep": use_rep,
+            "smooth": int(smooth),
+            **({"covariance_type": covariance_type} if method == "gmm" else {}),
             "random_state": int(random_state) if isinstance(random_state, int | np.integer) else None,
             "seed": seed,
             "n_found": n_found,
@@ -171,10 +194,9 @@ def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
     return x
 
 
-def _gmm(x: np.ndarray, n_domains: int, seed: int) -> np.ndarray:
+def _gmm(x: np.ndarray, n_domains: int, seed: int, covariance_type: str) -> np.ndarray:
     from sklearn.mixture import GaussianMixture
 
-    covariance_type = "full" if x.shape[1] <= _GMM_FULL_MAX_DIM else "diag"
     gmm = GaussianMixture(
         n_components=n_domains,
         covariance_type=covariance_type,

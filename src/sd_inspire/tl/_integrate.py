@@ -92,8 +92,8 @@ def integrate(
       genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``.
 
     For a SpatialData, also a new table ``"{key_added}_factors"`` (X = factor proportions, variables
-    ``"factor_0"``, ...) annotating the same shapes, for ``render_shapes(color="factor_3",
-    table_name="inspire_factors")``. If the SpatialData is backed by a zarr store, the updated table and the factor
+    ``"factor_0"``, ...) annotating the same shapes, for spatialdata-plot's ``render_shapes`` with
+    ``table_name="inspire_factors"``. If the SpatialData is backed by a zarr store, the updated table and the factor
     table are written into it element by element; the other elements are not touched.
 
     Raises

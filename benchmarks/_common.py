@@ -1,0 +1,56 @@
+"""Shared helpers of the benchmark scripts: timing, peak memory, result tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def setup(threads: int = 2) -> None:
+    """Quiet logs and warnings, fix the number of torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger("sd_inspire").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+@contextmanager
+def stopwatch(record: dict, key: str = "seconds"):
+    """Store the elapsed wall time of the block in ``record[key]``."""
+    start = time.perf_counter()
+    yield
+    record[key] = round(time.perf_counter() - start, 2)
+
+
+def report(rows: list[dict], name: str, command: str) -> pd.DataFrame:
+    """Print a table and write it (CSV and Markdown with the command that made it) to benchmarks/results/."""
+    RESULTS.mkdir(exist_ok=True)
+    rounded = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    table = pd.DataFrame(rounded)
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(table.to_string(index=False))
+    table.to_csv(RESULTS / f"{name}.csv", index=False)
+    md = f"Command: `{command}`\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "python": sys.version}, indent=1))
+    print(f"\nwritten: {RESULTS / (name + '.csv')}")
+    return table
