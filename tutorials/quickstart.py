@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("sd_inspire").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+    warnings.filterwarnings("ignore", category=SyntaxWarning, module="docrep")  # squidpy's docstrings, at import
 
     start = time.perf_counter()
     if args.dlpfc is not None:
