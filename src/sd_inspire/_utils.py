@@ -72,6 +72,31 @@ def get_slices(adata: AnnData, slice_key: str | None) -> pd.Series:
     return labels.cat.remove_unused_categories()
 
 
+def measured_mask(adata: AnnData, slices: pd.Series) -> pd.DataFrame:
+    """Genes x slices mask of the genes each slice measured, from ``varm["measured"]`` (all genes without it).
+
+    The table's own ``varm`` is not modified. A table treated as a single slice whose mask has per-slice columns
+    counts a gene as measured if any slice measured it.
+
+    Raises
+    ------
+    KeyError
+        If ``varm["measured"]`` has no column for one of the slices.
+    """
+    cats = [str(c) for c in slices.cat.categories]
+    if Key.MEASURED not in adata.varm:
+        return pd.DataFrame(True, index=adata.var_names, columns=cats)
+    m = adata.varm[Key.MEASURED]
+    m = m.copy() if isinstance(m, pd.DataFrame) else pd.DataFrame(np.asarray(m), index=adata.var_names)
+    m.columns = m.columns.astype(str)
+    if len(cats) == 1 and cats[0] not in m.columns:
+        return pd.DataFrame({cats[0]: m.any(axis=1).to_numpy(dtype=bool)}, index=adata.var_names)
+    missing = [c for c in cats if c not in m.columns]
+    if missing:
+        raise KeyError(f"`adata.varm['measured']` has no column for slices {missing}.")
+    return m[cats].astype(bool)
+
+
 def check_unique_obs_names(adata: AnnData, slice_key: str | None = None) -> None:
     """Raise a ValueError naming duplicated observation names (and the slices holding them)."""
     names = adata.obs_names

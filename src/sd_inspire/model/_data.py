@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
 
 from sd_inspire._constants import Key
-from sd_inspire._utils import get_slices
+from sd_inspire._utils import get_slices, measured_mask
 from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
 
 if TYPE_CHECKING:
@@ -81,15 +80,7 @@ def prepare(
     genes = adata.var_names[hv]
     if genes.size < 2:
         raise ValueError(f"The gene space holds {genes.size} genes; the model needs at least 2.")
-    if Key.MEASURED in adata.varm:
-        measured = adata.varm[Key.MEASURED]
-        measured = measured if isinstance(measured, pd.DataFrame) else pd.DataFrame(measured, index=adata.var_names)
-        measured.columns = measured.columns.astype(str)
-        mask = np.stack(
-            [measured[s].to_numpy(dtype=bool)[hv] if s in measured else np.ones(hv.sum(), bool) for s in slice_names]
-        )
-    else:
-        mask = np.ones((len(slice_names), genes.size), dtype=bool)
+    mask = measured_mask(adata, labels).to_numpy(dtype=bool)[hv].T
 
     counts = sparse.csr_matrix(adata.layers[Key.COUNTS][:, hv], dtype=np.float32)
     library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)

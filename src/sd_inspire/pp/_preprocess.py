@@ -13,7 +13,14 @@ from scipy import sparse
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import check_counts, check_unique_obs_names, get_slices, get_table, maybe_copy
+from sd_inspire._utils import (
+    check_counts,
+    check_unique_obs_names,
+    get_slices,
+    get_table,
+    maybe_copy,
+    measured_mask,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,7 +168,7 @@ def preprocess(
         adata.obs[Key.PCT_MITO] = pct_mito
 
         # --- highly variable genes per slice, then the gene space
-        measured = _measured(adata, slices)
+        measured = measured_mask(adata, slices)
         ranks = pd.DataFrame(np.nan, index=adata.var_names, columns=measured.columns)
         for s in measured.columns:
             rows = (slices == s).to_numpy()
@@ -232,22 +239,6 @@ def preprocess(
         log_added("var", Key.HIGHLY_VARIABLE)
         log_added("uns", Key.PREPROCESS)
     return adata if copy else None
-
-
-def _measured(adata: AnnData, slices: pd.Series) -> pd.DataFrame:
-    """Genes x slices mask of measured genes: ``varm["measured"]`` or, without it, every gene everywhere."""
-    cats = [str(c) for c in slices.cat.categories]
-    if Key.MEASURED in adata.varm:
-        m = adata.varm[Key.MEASURED]
-        m = m if isinstance(m, pd.DataFrame) else pd.DataFrame(np.asarray(m), index=adata.var_names)
-        m.columns = m.columns.astype(str)
-        if len(cats) == 1 and cats[0] not in m.columns:  # the table treated as one slice: measured anywhere
-            return pd.DataFrame({cats[0]: m.any(axis=1).to_numpy(dtype=bool)}, index=adata.var_names)
-        missing = [c for c in cats if c not in m.columns]
-        if missing:
-            raise KeyError(f"`adata.varm['measured']` has no column for slices {missing}.")
-        return m[cats].astype(bool)
-    return pd.DataFrame(True, index=adata.var_names, columns=cats)
 
 
 def _hvg_ranks(counts: sparse.csr_matrix, is_integer: bool) -> np.ndarray:
