@@ -133,6 +133,37 @@ def prepare(
     )
 
 
+def sample_subgraph(
+    graph: sparse.csr_matrix,
+    seeds: np.ndarray,
+    n_hops: int,
+    *,
+    fanout: int = 0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, sparse.coo_matrix]:
+    """Nodes (seeds first) of the ``n_hops`` neighbourhood of ``seeds`` and the subgraph they induce.
+
+    With ``fanout > 0`` each neighbour of a node is kept with probability ``fanout / degree`` (needs ``rng``).
+    """
+    nodes, frontier = seeds, seeds
+    seen = np.zeros(graph.shape[0], dtype=bool)
+    seen[seeds] = True
+    for _ in range(n_hops):
+        starts, stops = graph.indptr[frontier], graph.indptr[frontier + 1]
+        neigh = (
+            np.concatenate([graph.indices[a:b] for a, b in zip(starts, stops, strict=True)])
+            if frontier.size
+            else seeds[:0]
+        )
+        if fanout and neigh.size:
+            degree = np.repeat(stops - starts, stops - starts)
+            neigh = neigh[rng.random(neigh.size) < fanout / np.maximum(degree, 1)]
+        new = np.unique(neigh[~seen[neigh]])
+        seen[new] = True
+        nodes, frontier = np.concatenate([nodes, new]), new
+    return nodes, graph[nodes][:, nodes].tocoo()
+
+
 class StratifiedSampler:
     """Endless minibatches with the same number of spots from every slice, each slice cycled in shuffled order.
 

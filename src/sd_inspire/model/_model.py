@@ -13,10 +13,10 @@ import torch
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import get_slices, random_generator
+from sd_inspire._utils import random_generator
 from sd_inspire.model._data import prepare
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
-from sd_inspire.model._trainer import TrainConfig, Trainer
+from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -108,7 +108,6 @@ class InspireModel:
         self.seed = int(random_generator(random_state).integers(2**31 - 1))
         self.random_state = random_state
         self.device = _device(device)
-        labels = get_slices(adata, slice_key)
         self.data: ModelData = prepare(
             adata, slice_key=slice_key, n_pcs=n_pcs, n_hops=n_hops, connectivity_key=connectivity_key, seed=self.seed
         )
@@ -152,7 +151,6 @@ class InspireModel:
             ).to(self.device)
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
-        self._obs_names = labels.index
 
     # ------------------------------------------------------------------ training
     def train(
@@ -260,19 +258,12 @@ class InspireModel:
     def _forward_all(self, what: Literal["latent", "factors"], chunk_size: int = 8192) -> np.ndarray:
         self._require_trained()
         self.module.eval()
-        trainer = Trainer(
-            self.module,
-            self.data,
-            TrainConfig(n_steps=1, per_slice=1),
-            LossWeights(),
-            rng=np.random.default_rng(0),
-            device=self.device,
-            graph_encoder=self.params["encoder"] == "gat",
-        )
+        features = torch.as_tensor(self.data.features, device=self.device)
+        n_layers = self.module.encoder.n_layers if self.params["encoder"] == "gat" else None
         out = []
         for start in range(0, self.data.n_obs, chunk_size):
             idx = np.arange(start, min(start + chunk_size, self.data.n_obs))
-            h = trainer.subgraph(idx) if trainer.graph_encoder else trainer._features[start : start + idx.size]
+            h = encoder_input(features, self.data, idx, self.device, n_layers)
             z = self.module.encode(h)
             if what == "factors":
                 z = self.module.factors(z, torch.as_tensor(self.data.slices[idx], device=self.device))

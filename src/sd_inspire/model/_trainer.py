@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sd_inspire._logging import logger
-from sd_inspire.model._data import StratifiedSampler
+from sd_inspire.model._data import StratifiedSampler, sample_subgraph
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,6 +35,27 @@ class TrainConfig:
     min_delta: float = 1e-3
     checkpoint_every: int = 0
     fanout: int = 0  # graph encoders: neighbours sampled per node and hop, 0 = all
+
+
+def encoder_input(
+    features: torch.Tensor,
+    data: ModelData,
+    idx: np.ndarray,
+    device: torch.device,
+    n_layers: int | None = None,
+    fanout: int = 0,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor | tuple:
+    """What the encoder reads for spots ``idx``.
+
+    Their feature rows, or, for a graph encoder with ``n_layers`` layers, the base features and edges of their
+    sampled subgraph and the number of seeds.
+    """
+    if n_layers is None:
+        return features[torch.as_tensor(idx, device=device)]
+    nodes, sub = sample_subgraph(data.graph, idx, n_layers, fanout=fanout, rng=rng)
+    edge_index = torch.as_tensor(np.vstack([sub.col, sub.row]).astype(np.int64), device=device)
+    return (features[torch.as_tensor(nodes, device=device), : data.n_base], edge_index, int(idx.size))
 
 
 class Trainer:
@@ -76,34 +97,12 @@ class Trainer:
             "s": s,
             "mask": self._mask[s],
         }
-        out["h"] = self.subgraph(idx) if self.graph_encoder else out["h_seed"]
+        out["h"] = (
+            encoder_input(self._features, d, idx, dev, self.module.encoder.n_layers, self.config.fanout, self.rng)
+            if self.graph_encoder
+            else out["h_seed"]
+        )
         return out
-
-    def subgraph(self, seeds: np.ndarray) -> tuple:
-        """Node features, edges and seed count of the k-hop subgraph around ``seeds``, sampled from the CSR graph."""
-        graph = self.data.graph
-        nodes, frontier = seeds, seeds
-        seen = np.zeros(self.data.n_obs, dtype=bool)
-        seen[seeds] = True
-        for _ in range(self.module.encoder.n_layers):
-            starts, stops = graph.indptr[frontier], graph.indptr[frontier + 1]
-            neigh = (
-                np.concatenate([graph.indices[a:b] for a, b in zip(starts, stops, strict=True)])
-                if frontier.size
-                else seeds[:0]
-            )
-            if self.config.fanout and neigh.size:
-                keep = self.rng.random(neigh.size) < self.config.fanout / np.maximum(
-                    np.repeat(stops - starts, stops - starts), 1
-                )
-                neigh = neigh[keep]
-            new = np.unique(neigh[~seen[neigh]])
-            seen[new] = True
-            nodes, frontier = np.concatenate([nodes, new]), new
-        sub = graph[nodes][:, nodes].tocoo()
-        edge_index = torch.as_tensor(np.vstack([sub.col, sub.row]).astype(np.int64), device=self.device)
-        x = self._features[torch.as_tensor(nodes, device=self.device), : self.data.n_base]
-        return (x, edge_index, int(seeds.size))
 
     # -- one step
     def margin(self) -> float | None:
@@ -156,16 +155,14 @@ class Trainer:
     # -- checkpoints
     def state(self) -> dict:
         """Everything needed to resume: weights, optimisers, step, history, sampler and random states."""
+        sampler = self.sampler.state()
         return {
             "module": self.module.state_dict(),
             "opt": self.opt.state_dict(),
             "opt_disc": self.opt_disc.state_dict(),
             "step": self.step,
             "history": self.history,
-            "sampler": {
-                "order": [torch.as_tensor(o) for o in self.sampler.state()["order"]],
-                "pos": self.sampler.state()["pos"],
-            },
+            "sampler": {"order": [torch.as_tensor(o) for o in sampler["order"]], "pos": sampler["pos"]},
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }

@@ -129,7 +129,7 @@ def integrate(
         logger.info("No spatial graph found: running `sd_inspire.gr.spatial_neighbors` with its defaults")
         spatial_neighbors(adata, slice_key=slice_key)
 
-    with timed(f"Integrating {adata.n_obs} spots in {adata.obs[slice_key].nunique() if slice_key else 1} slices"):
+    with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
         model = InspireModel(
             adata,
             slice_key=slice_key,
