@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sd_inspire._constants._constants import Key, Technology, VisiumFile
+from sd_inspire._constants._constants import Key, MerscopeFile, SlideseqFile, StereoseqFile, Technology, VisiumFile
 
-__all__ = ["Key", "Technology", "VisiumFile"]
+__all__ = ["Key", "MerscopeFile", "SlideseqFile", "StereoseqFile", "Technology", "VisiumFile"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from sd_inspire.io._merfish import merfish
+from sd_inspire.io._read import read
+from sd_inspire.io._slideseq import slideseq
+from sd_inspire.io._stereoseq import stereoseq
 from sd_inspire.io._visium import visium
 
-__all__ = ["visium"]
+__all__ = ["merfish", "read", "slideseq", "stereoseq", "visium"]
