@@ -44,6 +44,7 @@ def test_recovers_blobs(method):
         "n_domains": 4,
         "use_rep": "X_inspire",
         "smooth": 0,
+        "refine": 0,
         **({"covariance_type": "tied"} if method == "gmm" else {}),
         "random_state": 0,
         "seed": adata.uns["inspire_domain"]["seed"],
@@ -213,3 +214,34 @@ def test_smooth_makes_domains_contiguous(sim_adata):
     del sim_adata.obsp["spatial_connectivities"]
     with pytest.raises(KeyError, match="needs the graph"):
         domains(sim_adata, n_domains=5, use_rep="noisy", smooth=1)
+
+
+def test_refine_takes_the_neighbour_majority():
+    from scipy import sparse
+
+    from sd_inspire.tl._domains import _majority_vote
+
+    # a path 0-1-2-3-4: spot 2 disagrees with both of its neighbours
+    edges = [(0, 1), (1, 2), (2, 3), (3, 4)]
+    rows, cols = zip(*(edges + [(b, a) for a, b in edges]), strict=True)
+    graph = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(5, 5))
+    np.testing.assert_array_equal(_majority_vote(np.array([0, 0, 1, 0, 0]), graph, 1), [0, 0, 0, 0, 0])
+    # ties stay: spots 1 and 2 have one neighbour of each label
+    np.testing.assert_array_equal(_majority_vote(np.array([0, 0, 1, 1, 1]), graph, 5), [0, 0, 1, 1, 1])
+
+
+def test_refine_removes_speckles(sim_adata):
+    si.gr.spatial_neighbors(sim_adata)
+    rng = np.random.default_rng(1)
+    truth = sim_adata.obs["domain"].cat.codes.to_numpy()
+    centres = rng.normal(0, 1.0, (truth.max() + 1, 5))
+    sim_adata.obsm["noisy"] = centres[truth] + rng.normal(0, 0.9, (sim_adata.n_obs, 5))
+    raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
+    refined = domains(sim_adata, n_domains=5, use_rep="noisy", refine=3, copy=True)
+    assert refined.uns["inspire_domain"]["refine"] == 3
+    assert ari(truth, refined.obs["inspire_domain"]) > ari(truth, raw) + 0.05
+    with pytest.raises(ValueError, match="`refine` must be an integer >= 0"):
+        domains(sim_adata, n_domains=5, use_rep="noisy", refine=-1)
+    del sim_adata.obsp["spatial_connectivities"]
+    with pytest.raises(KeyError, match="`refine=1` needs the graph"):
+        domains(sim_adata, n_domains=5, use_rep="noisy", refine=1)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 _METHODS = ("gmm", "kmeans", "leiden")
-_GMM_N_INIT = 3
+_GMM_N_INIT = 10
 _LEIDEN_N_NEIGHBORS = 15
 _LEIDEN_MAX_STEPS = 40
 
@@ -33,6 +33,7 @@ def domains(
     key_added: str = "inspire_domain",
     covariance_type: Literal["tied", "full", "diag", "spherical"] = "tied",
     smooth: int = 0,
+    refine: int = 0,
     connectivity_key: str = "spatial_connectivities",
     random_state: int | np.random.Generator | None = 0,
     copy: bool = False,
@@ -42,7 +43,7 @@ def domains(
     The rows of ``obsm[use_rep]`` (e.g. the integrated latent space of all slices) are clustered with one of
 
     - ``"gmm"``: a Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`, k-means initialisation, best of
-      3 initialisations), by default with one covariance shared by all components (``covariance_type``).
+      10 initialisations), by default with one covariance shared by all components (``covariance_type``).
     - ``"kmeans"``: :class:`sklearn.cluster.KMeans` with ``n_init=10``.
     - ``"leiden"``: Leiden communities (``leidenalg``, RB-configuration/modularity objective) of the symmetric,
       unweighted 15-nearest-neighbour graph of the representation. The resolution is searched by bisection until
@@ -71,8 +72,12 @@ def domains(
     smooth
         Average the representation over the spatial neighbours this many times (``D^-1 (A + I)``, within slices)
         before clustering: spatial domains come out more contiguous. ``0`` clusters the representation as is.
+    refine
+        Rounds of neighbour majority vote after clustering: a spot takes the domain that more than half of its
+        spatial neighbours share (within slices), which removes isolated, noisy assignments. ``0`` keeps the
+        clustering as is.
     connectivity_key
-        Graph in :attr:`~anndata.AnnData.obsp` used by ``smooth``.
+        Graph in :attr:`~anndata.AnnData.obsp` used by ``smooth`` and ``refine``.
     %(random_state)s
         An integer seed is drawn from it and passed to scikit-learn or ``leidenalg``.
     %(copy)s
@@ -118,13 +123,15 @@ def domains(
     x = _representation(adata, use_rep)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
-    if smooth < 0:
-        raise ValueError(f"`smooth` must be a number of hops >= 0, got {smooth}.")
-    if smooth:
-        if connectivity_key not in adata.obsp:
+    for name, value in (("smooth", smooth), ("refine", refine)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        if value and connectivity_key not in adata.obsp:
             raise KeyError(
-                f"`smooth={smooth}` needs the graph `adata.obsp[{connectivity_key!r}]`; run `sd_inspire.gr.spatial_neighbors`."
+                f"`{name}={value}` needs the graph `adata.obsp[{connectivity_key!r}]`; run "
+                "`sd_inspire.gr.spatial_neighbors`."
             )
+    if smooth:
         from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
 
         a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
@@ -144,6 +151,8 @@ def domains(
         else:
             labels, resolution = _leiden(x, n_domains, seed)
             extra["resolution"] = resolution
+        if refine:
+            labels = _majority_vote(labels, adata.obsp[connectivity_key], refine)
         labels = _relabel_by_size(labels)
         n_found = int(labels.max()) + 1
         if n_found != n_domains and method != "leiden":  # Leiden already logged its own warning
@@ -157,6 +166,7 @@ def domains(
             "n_domains": n_domains,
             "use_rep": use_rep,
             "smooth": int(smooth),
+            "refine": int(refine),
             **({"covariance_type": covariance_type} if method == "gmm" else {}),
             "random_state": int(random_state) if isinstance(random_state, int | np.integer) else None,
             "seed": seed,
@@ -166,6 +176,25 @@ def domains(
         log_added("obs", key_added)
         log_added("uns", key_added)
     return adata if copy else None
+
+
+def _majority_vote(labels: np.ndarray, graph: sparse.spmatrix, rounds: int) -> np.ndarray:
+    """``rounds`` synchronous updates: a spot takes the label held by more than half of its neighbours."""
+    adjacency = sparse.csr_matrix(graph, dtype=np.float64)
+    adjacency.setdiag(0)
+    adjacency.eliminate_zeros()
+    adjacency.data[:] = 1.0
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    n_labels = int(labels.max()) + 1
+    for _ in range(rounds):
+        one_hot = sparse.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), (labels.size, n_labels))
+        votes = (adjacency @ one_hot).toarray()
+        winner = votes.argmax(axis=1)
+        new = np.where(votes[np.arange(labels.size), winner] > degree / 2, winner, labels)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
 
 
 def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
