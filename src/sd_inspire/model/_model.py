@@ -180,7 +180,8 @@ class InspireModel:
             Learning rate (Adam) of the model and the discriminator.
         loss_weights
             Weights of the terms ``poisson``, ``reconstruction``, ``geometry``, ``prior``, ``adversarial``,
-            ``slice_effect`` (defaults: 1, 1, 0.02, 4, 1, 0.01).
+            ``slice_effect`` (defaults: 0.1, 1, 0.02, 4, 1, 0.01). The count model weighs 0.1: at 1 its gradient
+            dominates the encoder and the latent space keeps less of the spatial domains (DLPFC ARI 0.47 vs 0.58).
         warmup_fraction
             Fraction of the steps over which the adversarial weight ramps up from 0; afterwards the discriminator
             logits are bounded by ``margin``.

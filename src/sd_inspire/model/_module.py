@@ -16,7 +16,7 @@ _GEOMETRY_MAX = 1024
 class LossWeights:
     """Weights of the terms of the objective."""
 
-    poisson: float = 1.0
+    poisson: float = 0.1
     reconstruction: float = 1.0
     geometry: float = 0.02
     prior: float = 4.0
