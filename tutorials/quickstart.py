@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         sdata, n_factors=args.n_factors, max_steps=args.max_steps, random_state=args.seed, show_progress_bar=False
     )
     n_domains = table.obs[color].nunique()
-    si.tl.domains(sdata, n_domains=n_domains, smooth=2, random_state=args.seed)
+    si.tl.domains(sdata, n_domains=n_domains, refine=3, random_state=args.seed)
     from sd_inspire.tl._metrics import ari, batch_mixing
 
     truth = table.obs[color].to_numpy()
