@@ -147,3 +147,27 @@ def test_zero_spots_in_gene_space(tiny):
     adata.layers["counts"] = counts.tocsr()
     with pytest.raises(ValueError, match="1 spots have no counts in the gene space"):
         InspireModel(adata, n_factors=3)
+
+
+def test_large_data_pca_matches_scikit_learn():
+    """The one-pass Gram-matrix PCA of the large-data path gives scikit-learn's axes, signs and variances."""
+    from scipy import sparse
+    from sklearn.decomposition import PCA
+
+    from sd_inspire.model._data import _saturated, _sparse_pca
+
+    rng = np.random.default_rng(0)
+    x = sparse.random(3000, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    x.data = np.log1p(rng.poisson(3.0, x.nnz) + 1.0).astype(np.float32)
+    y, first_variance = _sparse_pca(x, 5, chunk_size=700)  # several chunks
+    pca = PCA(5, svd_solver="arpack", random_state=0)
+    expected = pca.fit_transform(x.toarray().astype(np.float64))
+    np.testing.assert_allclose(first_variance, pca.explained_variance_[0], rtol=1e-5)
+    np.testing.assert_allclose(y, expected, atol=1e-3 * np.abs(expected).max())
+
+    counts = sparse.csr_matrix(rng.poisson(2.0, (50, 30)).astype(np.float32))
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    dense = counts.toarray()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected_sat = np.nansum(dense * np.log(dense / library[:, None]), axis=1)
+    np.testing.assert_allclose(_saturated(counts, library, chunk_size=7), expected_sat, rtol=1e-5)

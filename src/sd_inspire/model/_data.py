@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
+from scipy import linalg, sparse
 
 from sd_inspire._constants import Key
 from sd_inspire._utils import get_slices, measured_mask
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from anndata import AnnData
+
+#: Rows densified at once to accumulate the Gram matrix of the large-data PCA.
+_GRAM_CHUNK = 4096
 
 
 @dataclass
@@ -82,7 +85,9 @@ def prepare(
         raise ValueError(f"The gene space holds {genes.size} genes; the model needs at least 2.")
     mask = measured_mask(adata, labels).to_numpy(dtype=bool)[hv].T
 
-    counts = sparse.csr_matrix(adata.layers[Key.COUNTS][:, hv], dtype=np.float32)
+    layer = adata.layers[Key.COUNTS]
+    # no column copy when the gene space is every gene (the model only reads the counts)
+    counts = sparse.csr_matrix(layer if hv.all() else layer[:, hv], dtype=np.float32)
     library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
     empty = library <= 0
     if empty.any():
@@ -91,25 +96,25 @@ def prepare(
             "filter them (`pp.preprocess(min_counts=...)`) or widen the gene space."
         )
 
-    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    frac = counts.data / library[rows]
-    saturated = np.bincount(rows, weights=counts.data * np.log(frac), minlength=counts.shape[0]).astype(np.float32)
+    saturated = _saturated(counts, library, chunk_size)
 
     # Encoder features: genes measured by every slice (all of the gene space if none is shared by all)
     shared = mask.all(axis=0)
     feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
-    x = sparse.csr_matrix(adata.X[:, np.flatnonzero(hv)[feat_genes]], dtype=np.float32)
+    columns = np.flatnonzero(hv)[feat_genes]
+    # no column copy when every gene is a feature (the expression is only read)
+    x = sparse.csr_matrix(adata.X if columns.size == adata.n_vars else adata.X[:, columns], dtype=np.float32)
     # centre each slice: removes slice-wide shifts before the reduction
-    means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(len(slice_names))])
     n_comp = int(min(n_pcs, x.shape[1] - 1, x.shape[0] - 1))
-    xc = x.toarray() - means[codes] if x.shape[0] * x.shape[1] <= 50_000_000 else None
-    pca = PCA(n_components=n_comp, svd_solver="arpack" if xc is None else "randomized", random_state=seed)
-    if xc is not None:
-        y = pca.fit_transform(xc).astype(np.float32)
-    else:  # large: sparse, implicitly centred PCA, then the per-slice centring on the projections
-        y = pca.fit_transform(x).astype(np.float32)
+    if x.shape[0] * x.shape[1] <= 50_000_000:
+        means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(len(slice_names))])
+        pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
+        y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
+        first_variance = float(pca.explained_variance_[0])
+    else:  # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
+        y, first_variance = _sparse_pca(x, n_comp, chunk_size)
         y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]
-    y /= max(float(np.sqrt(pca.explained_variance_[0])), 1e-8)  # unit scale on the first component
+    y /= max(float(np.sqrt(first_variance)), 1e-8)  # unit scale on the first component
 
     graph = sparse.csr_matrix(adata.obsp[connectivity_key])
     a_hat = normalized_adjacency(graph)
@@ -131,6 +136,43 @@ def prepare(
         graph=graph,
         n_base=y.shape[1],
     )
+
+
+def _saturated(counts: sparse.csr_matrix, library: np.ndarray, chunk_size: int) -> np.ndarray:
+    """``sum_g x log(x / l)`` of each row, in row chunks (the temporaries are several times the chunk's counts)."""
+    out = np.empty(counts.shape[0], dtype=np.float32)
+    for start in range(0, counts.shape[0], chunk_size):
+        block = counts[start : start + chunk_size]
+        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        frac = block.data / library[start : start + chunk_size][rows]
+        out[start : start + chunk_size] = np.bincount(rows, weights=block.data * np.log(frac), minlength=block.shape[0])
+    return out
+
+
+def _sparse_pca(x: sparse.csr_matrix, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:
+    """Projections on the ``n_comp`` first principal axes of the centred ``x``, and the first axis's variance.
+
+    The exact eigenvectors of the covariance, from the Gram matrix ``xᵀx`` accumulated over dense row chunks
+    (BLAS; one pass over ``x``, memory ``p²`` plus one chunk; only the top eigenpairs are solved for), with
+    scikit-learn's sign convention (the largest loading of each axis is positive): the same axes as
+    :class:`sklearn.decomposition.PCA` on the sparse matrix (ARPACK), which needs hundreds of passes over ``x``.
+    """
+    n, p = x.shape
+    total, gram, step = np.zeros(p), np.zeros((p, p)), min(chunk_size, _GRAM_CHUNK)
+    for start in range(0, n, step):
+        block = x[start : start + step].toarray()
+        total += block.sum(axis=0, dtype=np.float64)  # (x.mean(dtype=float64) would copy all of x to float64)
+        gram += block.T @ block  # float32 products of one chunk, summed over chunks in float64
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    values, vectors = linalg.eigh(cov, subset_by_index=[p - n_comp, p - 1], driver="evr")  # the top n_comp only
+    values, vectors = np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
+    biggest = np.argmax(np.abs(vectors), axis=0)
+    vectors *= np.sign(vectors[biggest, np.arange(n_comp)])
+    vectors = vectors.astype(np.float32)
+    y = chunked_matmul(x, vectors, chunk_size)
+    y -= (mean @ vectors).astype(np.float32)
+    return y, float(values[0])
 
 
 def sample_subgraph(

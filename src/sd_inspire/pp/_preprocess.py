@@ -173,9 +173,11 @@ def preprocess(
         for s in measured.columns:
             rows = (slices == s).to_numpy()
             cand = measured[s].to_numpy() & ~adata.var[Key.MITO].to_numpy()
-            detected = np.asarray((counts[rows] > 0).sum(axis=0)).ravel() >= min_spots
+            in_slice = counts[rows]
+            detected = np.asarray((in_slice > 0).sum(axis=0)).ravel() >= min_spots
             cand &= detected
-            ranks.loc[cand, s] = _hvg_ranks(counts[rows][:, cand], is_integer)
+            ranks.loc[cand, s] = _hvg_ranks(in_slice[:, cand], is_integer)
+            del in_slice
         flagged = ranks < n_top_genes
         if gene_space == "shared":
             pool = measured.all(axis=1).to_numpy()
@@ -206,12 +208,12 @@ def preprocess(
 
         # --- counts layer and log-normalised X
         if not has_layer and is_integer:
-            adata.layers[Key.COUNTS] = counts.astype(np.float32)
+            adata.layers[Key.COUNTS] = counts.astype(np.float32, copy=False)  # X is replaced below: no copy
             log_added("layers", Key.COUNTS)
         if is_integer:
             scale = target_sum if target_sum is not None else float(np.median(total[total > 0]))
             factors = np.divide(scale, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
-            x = sparse.diags(factors.astype(np.float32)) @ counts.astype(np.float32)
+            x = sparse.diags(factors.astype(np.float32)) @ counts.astype(np.float32, copy=False)
             x.data = np.log1p(x.data)
             adata.X = x.tocsr()
         else:
