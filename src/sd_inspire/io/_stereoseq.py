@@ -83,8 +83,8 @@ def stereoseq(
         - a cell-bin GEF (``*.cellbin.gef``): one observation per cell;
         - a folder holding exactly one such file (not searched recursively).
     bin_size
-        Side of the square bins in DNBs (``50`` = 25 µm). DNB ``(x, y)`` goes to bin ``(x // bin_size,
-        y // bin_size)``: bins are anchored at the origin of the DNB coordinates, as SAW's binN levels are. Ignored
+        Side of the square bins in DNBs (``50`` = 25 µm). DNB ``(x, y)`` goes to bin
+        ``(x // bin_size, y // bin_size)``: bins are anchored at the origin of the DNB coordinates, as SAW's binN levels are. Ignored
         for a cell-bin GEF.
     dataset_id
         Name of the coordinate system and prefix of the shapes element; by default the file name up to its first
@@ -99,8 +99,8 @@ def stereoseq(
     -------
     SpatialData with shapes ``"{dataset_id}_shapes"`` (squares of side ``bin_size``, or cell outlines from
     ``cellBin/cellBorder``, else circles) and table ``"table"``: raw counts (sparse CSR, ``float32``), ``obs_names``
-    ``"{bin_x}_{bin_y}"`` (bin indices) or cell ids, ``obsm["spatial"]`` the bin centres ``bin_index * bin_size +
-    (bin_size - 1) / 2`` (or the cell centres) in DNB units, ``obs["technology"] = "stereoseq"``,
+    ``"{bin_x}_{bin_y}"`` (bin indices) or cell ids, ``obsm["spatial"]`` the bin centres
+    ``bin_index * bin_size + (bin_size - 1) / 2`` (or the cell centres) in DNB units, ``obs["technology"] = "stereoseq"``,
     ``uns["microns_per_pixel"] = 0.5``, ``uns["bin_size"]`` (square bins) and ``uns["stereoseq"]`` with the file
     format, the gene key and the metadata (GEM header lines or GEF root attributes). Coordinates are those of the
     file: the offsets SAW subtracted (``#OffsetX``, ``offsetX``) are recorded, not added back.
