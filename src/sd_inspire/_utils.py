@@ -167,3 +167,14 @@ def random_generator(random_state: int | np.random.Generator | None) -> np.rando
 def maybe_copy(adata: AnnData, copy: bool) -> AnnData:
     """The table to modify: a copy if ``copy`` else ``adata`` itself."""
     return adata.copy() if copy else adata
+
+
+def median_neighbour_distance(coords: np.ndarray) -> float | None:
+    """Median distance of each point to its nearest other point (ignoring coincident points), or ``None``."""
+    from scipy.spatial import cKDTree
+
+    if coords.shape[0] < 2:
+        return None
+    dist, _ = cKDTree(coords[:, :2]).query(coords[:, :2], k=2)
+    nn = dist[:, 1][dist[:, 1] > 0]
+    return float(np.median(nn)) if nn.size else None

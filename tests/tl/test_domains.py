@@ -197,18 +197,20 @@ def test_spatialdata_input_and_squidpy_nhood_enrichment(sim_sdata, sim_adata):
     assert np.diag(z).mean() > off_diagonal.mean() + 5
 
 
-def test_smooth_makes_domains_contiguous(sim_adata):
-    import sd_inspire as si
-
-    si.gr.spatial_neighbors(sim_adata)
-    rng = np.random.default_rng(0)
-    truth = sim_adata.obs["domain"].cat.codes.to_numpy()
+def _noisy_domains(adata, *, seed: int, noise: float) -> np.ndarray:
+    """Spatial graph, and ``obsm["noisy"]``: one random centre per true domain plus Gaussian noise; returns the truth."""
+    si.gr.spatial_neighbors(adata)
+    rng = np.random.default_rng(seed)
+    truth = adata.obs["domain"].cat.codes.to_numpy()
     centres = rng.normal(0, 1.0, (truth.max() + 1, 5))
-    sim_adata.obsm["noisy"] = centres[truth] + rng.normal(0, 1.2, (sim_adata.n_obs, 5))
+    adata.obsm["noisy"] = centres[truth] + rng.normal(0, noise, (adata.n_obs, 5))
+    return truth
+
+
+def test_smooth_makes_domains_contiguous(sim_adata):
+    truth = _noisy_domains(sim_adata, seed=0, noise=1.2)
     raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
     smooth = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=2, copy=True)
-    from sd_inspire.tl._metrics import ari
-
     assert smooth.uns["inspire_domain"]["smooth"] == 2
     assert ari(truth, smooth.obs["inspire_domain"]) > ari(truth, raw) + 0.1
     del sim_adata.obsp["spatial_connectivities"]
@@ -231,11 +233,7 @@ def test_refine_takes_the_neighbour_majority():
 
 
 def test_refine_removes_speckles(sim_adata):
-    si.gr.spatial_neighbors(sim_adata)
-    rng = np.random.default_rng(1)
-    truth = sim_adata.obs["domain"].cat.codes.to_numpy()
-    centres = rng.normal(0, 1.0, (truth.max() + 1, 5))
-    sim_adata.obsm["noisy"] = centres[truth] + rng.normal(0, 0.9, (sim_adata.n_obs, 5))
+    truth = _noisy_domains(sim_adata, seed=1, noise=0.9)
     raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
     refined = domains(sim_adata, n_domains=5, use_rep="noisy", refine=3, copy=True)
     assert refined.uns["inspire_domain"]["refine"] == 3

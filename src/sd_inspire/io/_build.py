@@ -10,6 +10,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from sd_inspire._constants import Key
+from sd_inspire._utils import median_neighbour_distance
 from sd_inspire._versions import versions
 
 if TYPE_CHECKING:
@@ -116,13 +117,8 @@ def build_spatialdata(
 
 def _default_size(coords: np.ndarray) -> float:
     """Median nearest-neighbour distance: the spacing of a lattice, the typical gap between beads or cells."""
-    from scipy.spatial import cKDTree
-
-    if coords.shape[0] < 2:
-        return 1.0
-    dist, _ = cKDTree(coords).query(coords, k=2)
-    nn = dist[:, 1][dist[:, 1] > 0]
-    return float(np.median(nn)) if nn.size else 1.0
+    spacing = median_neighbour_distance(coords)
+    return 1.0 if spacing is None else spacing
 
 
 def _squares(centres: np.ndarray, sides: np.ndarray) -> gpd.GeoDataFrame:

@@ -17,7 +17,7 @@ from sd_inspire._constants import Key, MerscopeFile, Technology
 from sd_inspire._constants._constants import MERFISH_DEFAULT_CELL_DIAMETER_UM
 from sd_inspire._logging import logger, timed
 from sd_inspire.io._build import build_spatialdata
-from sd_inspire.io._utils import examples, listing, match_ids, read_id_table
+from sd_inspire.io._utils import examples, listing, match_ids, read_id_table, resolve_file
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -138,7 +138,7 @@ def find_merscope_files(folder: Path) -> tuple[list[Path], list[Path]]:
 def _files(folder: Path, counts_file: str | Path | None, metadata_file: str | Path | None) -> tuple[Path, Path]:
     all_counts, all_metadata = find_merscope_files(folder)
     if counts_file is not None:
-        counts: Path | None = _resolve(folder, counts_file)
+        counts: Path | None = resolve_file(folder, counts_file)
     elif len(all_counts) > 1:
         raise ValueError(
             f"{str(folder)!r} holds several count files ({[p.name for p in all_counts]}); choose one with "
@@ -147,7 +147,7 @@ def _files(folder: Path, counts_file: str | Path | None, metadata_file: str | Pa
     else:
         counts = all_counts[0] if all_counts else None
     if metadata_file is not None:
-        metadata: Path | None = _resolve(folder, metadata_file)
+        metadata: Path | None = resolve_file(folder, metadata_file)
     elif counts is not None and (counts.parent / _with_prefix(counts, MerscopeFile.CELL_METADATA)).is_file():
         metadata = counts.parent / _with_prefix(counts, MerscopeFile.CELL_METADATA)
     elif len(all_metadata) == 1:
@@ -166,13 +166,6 @@ def _files(folder: Path, counts_file: str | Path | None, metadata_file: str | Pa
     assert counts is not None
     assert metadata is not None
     return counts, metadata
-
-
-def _resolve(folder: Path, file: str | Path) -> Path:
-    resolved = folder / file  # an absolute ``file`` stays as it is
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{str(resolved)!r} does not exist; {str(folder)!r} holds {listing(folder)}.")
-    return resolved
 
 
 def _with_prefix(counts: Path, name: str) -> str:

@@ -23,6 +23,7 @@ from sd_inspire.io._utils import (
     read_dense_matrix,
     read_id_table,
     read_mtx,
+    resolve_file,
 )
 
 if TYPE_CHECKING:
@@ -94,8 +95,8 @@ def slideseq(
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"Slide-seq folder {str(folder)!r} does not exist or is not a folder.")
-    beads_path = _resolve(folder, beads_file) if beads_file is not None else find_bead_file(folder)
-    counts_path = _resolve(folder, counts_file) if counts_file is not None else _find_counts(folder)
+    beads_path = resolve_file(folder, beads_file) if beads_file is not None else find_bead_file(folder)
+    counts_path = resolve_file(folder, counts_file) if counts_file is not None else _find_counts(folder)
     missing = []
     if beads_path is None:
         missing.append(" or ".join(_BEAD_FILES))
@@ -145,13 +146,6 @@ def slideseq(
 def find_bead_file(folder: Path) -> Path | None:
     """The bead locations file of a Slide-seq folder, or ``None``."""
     return next((folder / name for name in _BEAD_FILES if (folder / name).is_file()), None)
-
-
-def _resolve(folder: Path, file: str | Path) -> Path:
-    resolved = folder / file  # an absolute ``file`` stays as it is
-    if not resolved.exists():
-        raise FileNotFoundError(f"{str(resolved)!r} does not exist; {str(folder)!r} holds {listing(folder)}.")
-    return resolved
 
 
 def _find_counts(folder: Path) -> Path | None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from sd_inspire._constants import Key, StereoseqFile, Technology
 from sd_inspire._logging import logger, timed
+from sd_inspire.io._utils import is_gzipped, listing
 
 if TYPE_CHECKING:
     from typing import IO
@@ -161,10 +162,11 @@ def _resolve(path: Path) -> tuple[Path, _Kind]:
     if not path.exists():
         raise FileNotFoundError(f"Stereo-seq input {str(path)!r} does not exist; expected {_EXPECTED}, or a folder.")
     if path.is_dir():
-        found = sorted(p.name for p in path.iterdir())
-        candidates = [path / name for name in found if (path / name).is_file() and _kind(path / name) is not None]
+        candidates = sorted(p for p in path.iterdir() if p.is_file() and _kind(p) is not None)
         if not candidates:
-            raise FileNotFoundError(f"{str(path)!r} holds no Stereo-seq file: expected {_EXPECTED}; found {found}.")
+            raise FileNotFoundError(
+                f"{str(path)!r} holds no Stereo-seq file: expected {_EXPECTED}; found {listing(path)}."
+            )
         if len(candidates) > 1:
             raise ValueError(
                 f"{str(path)!r} holds {len(candidates)} Stereo-seq files, {[p.name for p in candidates]}: "
@@ -360,11 +362,6 @@ class _GemLayout:
     gzipped: bool
 
 
-def _is_gzip(file: Path) -> bool:
-    with open(file, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
-
-
 def _open_text(file: Path, gzipped: bool) -> IO[str]:
     if gzipped:
         return gzip.open(file, "rt", encoding="utf-8", errors="replace")
@@ -372,7 +369,7 @@ def _open_text(file: Path, gzipped: bool) -> IO[str]:
 
 
 def _gem_layout(file: Path, gene_key: str) -> _GemLayout:
-    gzipped = _is_gzip(file)
+    gzipped = is_gzipped(file)
     metadata: dict[str, str] = {}
     n_header = n_bytes = 0
     header: str | None = None

@@ -30,6 +30,14 @@ def listing(path: Path, limit: int = 30) -> list[str]:
     return names if len(names) <= limit else [*names[:limit], f"... ({len(names) - limit} more)"]
 
 
+def resolve_file(folder: Path, file: str | Path) -> Path:
+    """``folder / file`` (an absolute ``file`` stays as it is), or raise listing what the folder holds."""
+    resolved = folder / file
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{str(resolved)!r} does not exist; {str(folder)!r} holds {listing(folder)}.")
+    return resolved
+
+
 def examples(values: Sequence[Any] | pd.Index, n: int = 3) -> list[str]:
     """The first ``n`` values, as strings, for messages."""
     return [str(v) for v in list(values[:n])]
@@ -37,19 +45,20 @@ def examples(values: Sequence[Any] | pd.Index, n: int = 3) -> list[str]:
 
 def open_text(file: Path) -> IO[str]:
     """Open a text file for reading, gunzipping when it is gzip-compressed (whatever its name)."""
-    if _is_gzipped(file):
+    if is_gzipped(file):
         return gzip.open(file, "rt", newline="")
     return open(file, newline="")
 
 
 def open_binary(file: Path) -> IO[bytes]:
     """Open a file for reading bytes, gunzipping when it is gzip-compressed (whatever its name)."""
-    if _is_gzipped(file):
+    if is_gzipped(file):
         return gzip.open(file, "rb")
     return open(file, "rb")
 
 
-def _is_gzipped(file: Path) -> bool:
+def is_gzipped(file: Path) -> bool:
+    """Whether ``file`` starts with the gzip magic bytes (whatever its name)."""
     with open(file, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
 

@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from sd_inspire._constants import Key, Technology
 from sd_inspire._logging import log_added, timed
-from sd_inspire._utils import get_spatial, get_table, is_spatialdata
+from sd_inspire._utils import get_spatial, get_table, is_spatialdata, median_neighbour_distance
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -299,17 +299,12 @@ def _anndata_to_spatialdata(adata: AnnData, name: str, radius: float | None = No
 
 def _spot_radius(adata: AnnData, coords: np.ndarray) -> float:
     """Spot radius: Visium scale factors when present, else half the median nearest-neighbour distance."""
-    from scipy.spatial import cKDTree
-
     for library in adata.uns.get("spatial", {}).values():
         diameter = library.get("scalefactors", {}).get("spot_diameter_fullres") if isinstance(library, dict) else None
         if diameter:
             return float(diameter) / 2
-    if coords.shape[0] < 2:
-        return 1.0
-    dist, _ = cKDTree(coords[:, :2]).query(coords[:, :2], k=2)
-    nn = dist[:, 1][dist[:, 1] > 0]
-    return float(np.median(nn)) / 2 if nn.size else 1.0
+    spacing = median_neighbour_distance(coords)
+    return 1.0 if spacing is None else spacing / 2
 
 
 def _plain_uns(uns: Mapping[str, Any]) -> dict[str, Any]:
