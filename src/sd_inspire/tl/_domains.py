@@ -88,8 +88,8 @@ def domains(
 
     - ``obs[key_added]``: categorical domain of each spot, categories ``"0"``, ``"1"``, ... (only domains that
       hold at least one spot);
-    - ``uns[key_added]``: ``method``, ``n_domains``, ``use_rep``, ``random_state`` (the integer seed given, or
-      ``None``), ``seed`` (the integer actually passed to the clustering), ``n_found`` (number of domains found)
+    - ``uns[key_added]``: ``method``, ``n_domains``, ``use_rep``, ``smooth``, ``refine``, ``covariance_type``
+      (GMM), ``random_state`` (the integer seed given, or ``None``), ``seed`` (the integer actually passed to the clustering), ``n_found`` (number of domains found)
       and, for Leiden, ``resolution``.
 
     Raises
