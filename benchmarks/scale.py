@@ -1,13 +1,16 @@
 """Time and peak memory of the whole pipeline versus the number of spots, and quality at each size.
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000 100000 300000 1000000] [--n-slices 8] [--n-genes 2000]
-        [--device cpu|cuda|auto] [--max-steps N] [--threads 2] [--out benchmarks/results]
+        [--device cpu|cuda|auto] [--max-steps N] [--threads 2] [--out-of-core auto|always|never]
+        [--out benchmarks/results]
 
 For each total number of spots (split evenly over ``--n-slices`` simulated Visium-like slices with ``--n-genes``
 genes), a fresh Python process runs ``si.datasets.simulate`` -> ``si.pp.preprocess`` -> ``si.gr.spatial_neighbors``
 -> ``si.tl.integrate`` (default steps unless ``--max-steps``; its data preparation, which holds the neighbour
 propagation, its training and its write-back are timed separately) -> ``sdata.write`` (zarr, in a temporary
-folder), so each size's peak memory is its own. Every stage records its wall time and its peak resident memory:
+folder), so each size's peak memory is its own. From 500,000 spots (``--out-of-core auto``) the data take the
+out-of-core path: ``simulate(path=...)`` writes the slices into a zarr store one at a time, the store is opened with
+``si.io.read_zarr(out_of_core=True)`` and every stage streams the counts from it. Every stage records its wall time and its peak resident memory:
 the kernel's high-water mark (``VmHWM``) is reset between stages through ``/proc/self/clear_refs``; where that
 fails the column says "cumulative" and holds the peak since the process started.
 
@@ -43,6 +46,8 @@ from _common import report, setup
 #: Stages of the timed pipeline, in order; "integrate" holds its three sub-stages.
 STAGES = ["simulate", "preprocess", "spatial_neighbors", "integrate", "write"]
 SUBSTAGES = ["integrate: prepare", "integrate: train", "integrate: write-back"]
+#: Sizes from which ``--out-of-core auto`` simulates into a zarr store and keeps the counts on disk.
+OUT_OF_CORE_FROM = 500_000
 
 
 # ---------------------------------------------------------------------------------------------- peak memory
@@ -130,13 +135,20 @@ def run_size(args: argparse.Namespace) -> dict:
     meter = Meter()
     _instrument(meter)
     per_slice = args.size // args.n_slices
+    out_of_core = args.out_of_core == "always" or (args.out_of_core == "auto" and args.size >= OUT_OF_CORE_FROM)
     tmp = Path(tempfile.mkdtemp(prefix="sd_inspire_scale_", dir=args.tmp))
     try:
         with meter.stage("total"):
             with meter.stage("simulate"):
                 sdata = si.datasets.simulate(
-                    args.n_slices, n_spots=per_slice, n_genes=args.n_genes, random_state=args.seed
+                    args.n_slices,
+                    n_spots=per_slice,
+                    n_genes=args.n_genes,
+                    random_state=args.seed,
+                    path=tmp / "input.zarr" if out_of_core else None,
                 )
+                if out_of_core:  # as from si.io.read_zarr on a store too big for memory
+                    sdata = si.io.read_zarr(tmp / "input.zarr", out_of_core=True)
             table = sdata["table"]
             with meter.stage("preprocess"):
                 si.pp.preprocess(sdata)
@@ -178,7 +190,8 @@ def run_size(args: argparse.Namespace) -> dict:
         "spots": int(table.n_obs),
         "slices": args.n_slices,
         "genes in model": int(table.var["highly_variable"].sum()),
-        "nnz/spot": round(table.layers["counts"].nnz / table.n_obs, 1),
+        "nnz/spot": round(float(table.obs["n_genes_by_counts"].mean()), 1),
+        "out of core": out_of_core,
         "steps": int(rec["integrate: train"]["steps"]),
         "device": _resolved_device(args.device),
         "total s": rec["total"]["seconds"],
@@ -236,11 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--out-of-core",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="simulate into a zarr store and keep the counts on disk (auto: from 500k spots)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixing-sample", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=_common.RESULTS, help="folder of the result table and plot")
     parser.add_argument("--tmp", default=None, help="folder for the temporary zarr stores")
     parser.add_argument("--plot-only", action="store_true", help="redraw scale.png from scale.csv in --out")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in scale.csv")
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)  # child process: one size
     parser.add_argument("--row-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             child = [sys.executable, str(Path(__file__).resolve()), "--size", str(size), "--row-json", str(out)]
             child += ["--n-slices", str(args.n_slices), "--n-genes", str(args.n_genes), "--device", args.device]
             child += ["--threads", str(args.threads), "--seed", str(args.seed)]
-            child += ["--mixing-sample", str(args.mixing_sample)]
+            child += ["--mixing-sample", str(args.mixing_sample), "--out-of-core", args.out_of_core]
             child += ["--max-steps", str(args.max_steps)] if args.max_steps is not None else []
             child += ["--tmp", args.tmp] if args.tmp is not None else []
             result = subprocess.run(child, check=False)
@@ -274,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(json.loads(out.read_text()))
     _common.RESULTS = args.out
+    if args.merge and (args.out / "scale.csv").exists():  # keep other sizes' rows, each with its own command
+        import pandas as pd
+
+        done = {int(r["spots"]) for r in rows}
+        old = pd.read_csv(args.out / "scale.csv").to_dict("records")
+        rows = sorted([r for r in old if int(r["spots"]) not in done] + rows, key=lambda r: int(r["spots"]))
+        command += " (merged with the rows of other sizes already in scale.csv)"
     table = report(rows, "scale", command)
     ok = table.dropna(subset=["total s"]) if "total s" in table else table.iloc[:0]
     if len(ok):

@@ -154,7 +154,7 @@ def test_large_data_pca_matches_scikit_learn():
     from scipy import sparse
     from sklearn.decomposition import PCA
 
-    from sd_inspire.model._data import _saturated, _sparse_pca
+    from sd_inspire.model._data import _library_and_saturated, _sparse_pca
 
     rng = np.random.default_rng(0)
     x = sparse.random(3000, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
@@ -170,4 +170,6 @@ def test_large_data_pca_matches_scikit_learn():
     dense = counts.toarray()
     with np.errstate(divide="ignore", invalid="ignore"):
         expected_sat = np.nansum(dense * np.log(dense / library[:, None]), axis=1)
-    np.testing.assert_allclose(_saturated(counts, library, chunk_size=7), expected_sat, rtol=1e-5)
+    lib, sat = _library_and_saturated(counts, chunk_size=7)
+    np.testing.assert_allclose(lib, library)
+    np.testing.assert_allclose(sat, expected_sat, rtol=1e-5)

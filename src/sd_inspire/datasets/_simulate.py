@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from sd_inspire._chunks import CHUNK_ROWS
 from sd_inspire._constants import Key, Technology
 from sd_inspire._docs import d
 from sd_inspire._logging import timed
@@ -59,6 +62,7 @@ def simulate(
     batch_effect: float = 0.5,
     depth_scale: float = 1.0,
     output: Literal["spatialdata", "anndata", "slices"] = "spatialdata",
+    path: str | Path | None = None,
     random_state: int | np.random.Generator | None = 0,
 ) -> SpatialData | AnnData | dict[str, SpatialData]:
     """Simulate serial sections of one layered tissue, measured by one or several technologies.
@@ -70,7 +74,9 @@ def simulate(
     a targeted gene panel is measured. Each slice multiplies every gene by its own log-normal batch effect.
     Counts are negative binomial around ``library size x sum_t proportion_t x profile_t x batch effect``.
 
-    Generation works in row chunks and stays linear in the number of spots, so millions of spots are fine.
+    Generation works in row chunks and stays linear in the number of spots. With ``path``, each slice is written to
+    disk as soon as it is simulated and the combined SpatialData is written to ``path`` chunk by chunk, so memory
+    holds one slice at a time: the way to make millions of spots on a laptop.
 
     Parameters
     ----------
@@ -99,6 +105,10 @@ def simulate(
         ``"spatialdata"``: one SpatialData as from :func:`sd_inspire.pp.concat`; ``"anndata"``: its table only;
         ``"slices"``: a dict slice name -> SpatialData, one per slice, to combine with
         :func:`sd_inspire.pp.concat`.
+    path
+        Write the SpatialData (``output="spatialdata"`` only) to this new ``.zarr`` store, one slice in memory at
+        a time, and return it read back with :func:`sd_inspire.io.read_zarr` (large tables stay on disk). The data
+        are the same as without ``path``.
     %(random_state)s
 
     Returns
@@ -136,6 +146,13 @@ def simulate(
         raise ValueError(f"`n_genes`={n_genes} is too small for {n_cell_types} cell types with marker genes.")
     if output not in ("spatialdata", "anndata", "slices"):
         raise ValueError(f"`output` must be 'spatialdata', 'anndata' or 'slices', got {output!r}.")
+    if path is not None:
+        path = Path(path)
+        if output != "spatialdata":
+            raise ValueError(f"`path` needs output='spatialdata', got output={output!r}.")
+        if path.exists():
+            raise FileExistsError(f"{str(path)!r} already exists; simulate writes a new store.")
+    parts = None if path is None else path.with_name(f".{path.name}.slices")
 
     with timed(f"Simulating {n_slices} slices, {sum(int(n) for n in spots)} spots x {n_genes} genes"):
         truth = _ground_truth(rng, n_genes, n_cell_types, n_domains, n_markers, n_slices, batch_effect)
@@ -154,6 +171,8 @@ def simulate(
             tables[name] = _simulate_slice(
                 rng, int(spots[s]), preset, truth, s, genes, depth_scale, name, Technology(techs[s])
             )
+            if parts is not None:  # to disk now: memory holds one slice
+                tables[name] = _spill(tables[name], parts / f"{name}.zarr")
 
         uns = {
             "cell_types": truth["cell_types"],
@@ -190,7 +209,26 @@ def simulate(
         sdata = concat(slices)
         table = sdata.tables[Key.TABLE]
         table.uns[Key.SIMULATION] = uns
+        if path is not None:
+            from sd_inspire.io import read_zarr
+
+            try:
+                sdata.write(path)
+            finally:
+                shutil.rmtree(parts, ignore_errors=True)
+            return read_zarr(path)
         return table if output == "anndata" else sdata
+
+
+def _spill(adata: AnnData, store: Path) -> AnnData:
+    """Write one slice's table to ``store`` and return it with its matrices read from there lazily."""
+    import zarr
+    from anndata.io import write_elem
+
+    from sd_inspire.io._zarr import _read_table_lazily
+
+    write_elem(zarr.open_group(store, mode="w", zarr_format=3), "/", adata)
+    return _read_table_lazily(zarr.open_group(store, mode="r"), CHUNK_ROWS)
 
 
 def _per_slice(value, n_slices: int, name: str) -> list:

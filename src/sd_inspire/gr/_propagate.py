@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
+from sd_inspire._chunks import is_lazy, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, timed
@@ -175,7 +176,9 @@ def _features(
     genes = np.ones(adata.n_vars, dtype=bool)
     if use_highly_variable or (use_highly_variable is None and has_hv):
         genes = adata.var[Key.HIGHLY_VARIABLE].to_numpy(dtype=bool)
-    x = x[:, genes]
+    x = x[:, np.flatnonzero(genes)]
+    if is_lazy(x):  # on disk: read in row chunks (the dense output is held in memory anyway)
+        x = sparse.vstack([block for _, _, block in row_blocks(x)], format="csr")
     x = sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else np.asarray(x, dtype=np.float32)
     source = f"layers[{layer!r}]" if layer is not None else "X"
     return x, source, adata.var_names[genes].to_numpy()

@@ -7,5 +7,6 @@ from sd_inspire.io._read import read
 from sd_inspire.io._slideseq import slideseq
 from sd_inspire.io._stereoseq import stereoseq
 from sd_inspire.io._visium import visium
+from sd_inspire.io._zarr import read_zarr
 
-__all__ = ["merfish", "read", "slideseq", "stereoseq", "visium"]
+__all__ = ["merfish", "read", "read_zarr", "slideseq", "stereoseq", "visium"]

@@ -7,11 +7,12 @@ propagation); counts stay sparse and each minibatch densifies only its own rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import linalg, sparse
 
+from sd_inspire._chunks import is_lazy, matmul_rows, read_rows, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._utils import get_slices, measured_mask
 from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
@@ -30,7 +31,7 @@ class ModelData:
     """Everything the trainer reads, aligned on the rows of the table."""
 
     features: np.ndarray  # n x p float32: [Y, ÂY, ..., Â^k Y] with Y a reduction of the log expression
-    counts: sparse.csr_matrix  # n x G raw counts of the gene space
+    counts: Any  # n x G raw counts of the gene space: SciPy CSR, or a dask array when kept on disk
     library: np.ndarray  # n, counts over the gene space
     saturated: np.ndarray  # n, sum_g x log(x / l): the Poisson deviance's saturated term
     slices: np.ndarray  # n, int codes
@@ -86,9 +87,11 @@ def prepare(
     mask = measured_mask(adata, labels).to_numpy(dtype=bool)[hv].T
 
     layer = adata.layers[Key.COUNTS]
-    # no column copy when the gene space is every gene (the model only reads the counts)
-    counts = sparse.csr_matrix(layer if hv.all() else layer[:, hv], dtype=np.float32)
-    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+    # no column copy when the gene space is every gene (the model only reads the counts); on disk stays on disk
+    counts = layer if hv.all() else layer[:, np.flatnonzero(hv)]
+    if not is_lazy(counts):
+        counts = sparse.csr_matrix(counts, dtype=np.float32)
+    library, saturated = _library_and_saturated(counts, chunk_size)
     empty = library <= 0
     if empty.any():
         raise ValueError(
@@ -96,17 +99,17 @@ def prepare(
             "filter them (`pp.preprocess(min_counts=...)`) or widen the gene space."
         )
 
-    saturated = _saturated(counts, library, chunk_size)
-
     # Encoder features: genes measured by every slice (all of the gene space if none is shared by all)
     shared = mask.all(axis=0)
     feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
     columns = np.flatnonzero(hv)[feat_genes]
     # no column copy when every gene is a feature (the expression is only read)
-    x = sparse.csr_matrix(adata.X if columns.size == adata.n_vars else adata.X[:, columns], dtype=np.float32)
+    x = adata.X if columns.size == adata.n_vars else adata.X[:, columns]
+    if not is_lazy(x):
+        x = sparse.csr_matrix(x, dtype=np.float32)
     # centre each slice: removes slice-wide shifts before the reduction
     n_comp = int(min(n_pcs, x.shape[1] - 1, x.shape[0] - 1))
-    if x.shape[0] * x.shape[1] <= 50_000_000:
+    if x.shape[0] * x.shape[1] <= 50_000_000 and not is_lazy(x):
         means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(len(slice_names))])
         pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
         y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
@@ -138,18 +141,22 @@ def prepare(
     )
 
 
-def _saturated(counts: sparse.csr_matrix, library: np.ndarray, chunk_size: int) -> np.ndarray:
-    """``sum_g x log(x / l)`` of each row, in row chunks (the temporaries are several times the chunk's counts)."""
-    out = np.empty(counts.shape[0], dtype=np.float32)
-    for start in range(0, counts.shape[0], chunk_size):
-        block = counts[start : start + chunk_size]
+def _library_and_saturated(counts: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Library size ``l`` and ``sum_g x log(x / l)`` (the Poisson deviance's saturated term) of each row, in one pass."""
+    library = np.empty(counts.shape[0], dtype=np.float32)
+    saturated = np.zeros(counts.shape[0], dtype=np.float32)
+    for start, stop, block in row_blocks(counts, chunk_size):
+        block.eliminate_zeros()
         rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        frac = block.data / library[start : start + chunk_size][rows]
-        out[start : start + chunk_size] = np.bincount(rows, weights=block.data * np.log(frac), minlength=block.shape[0])
-    return out
+        lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
+        library[start:stop] = lib
+        with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
+            terms = block.data * np.log(block.data / lib[rows])
+        saturated[start:stop] = np.bincount(rows, weights=terms, minlength=block.shape[0])
+    return library, saturated
 
 
-def _sparse_pca(x: sparse.csr_matrix, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:
+def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:
     """Projections on the ``n_comp`` first principal axes of the centred ``x``, and the first axis's variance.
 
     The exact eigenvectors of the covariance, from the Gram matrix ``xᵀx`` accumulated over dense row chunks
@@ -159,8 +166,8 @@ def _sparse_pca(x: sparse.csr_matrix, n_comp: int, chunk_size: int) -> tuple[np.
     """
     n, p = x.shape
     total, gram, step = np.zeros(p), np.zeros((p, p)), min(chunk_size, _GRAM_CHUNK)
-    for start in range(0, n, step):
-        block = x[start : start + step].toarray()
+    for _, _, rows in row_blocks(x, step):
+        block = rows.toarray()
         total += block.sum(axis=0, dtype=np.float64)  # (x.mean(dtype=float64) would copy all of x to float64)
         gram += block.T @ block  # float32 products of one chunk, summed over chunks in float64
     mean = total / n
@@ -170,7 +177,7 @@ def _sparse_pca(x: sparse.csr_matrix, n_comp: int, chunk_size: int) -> tuple[np.
     biggest = np.argmax(np.abs(vectors), axis=0)
     vectors *= np.sign(vectors[biggest, np.arange(n_comp)])
     vectors = vectors.astype(np.float32)
-    y = chunked_matmul(x, vectors, chunk_size)
+    y = matmul_rows(x, vectors, chunk_size)
     y -= (mean @ vectors).astype(np.float32)
     return y, float(values[0])
 
@@ -217,11 +224,24 @@ class StratifiedSampler:
         Spots drawn from each slice per batch (at most the slice's size).
     rng
         The only source of randomness.
+    counts
+        Count matrix (SciPy CSR) whose rows :meth:`next_batch` returns with the indices.
+    shard
+        ``(rank, n_ranks)``: draw only from this rank's share of every slice (data-parallel training).
     """
 
-    def __init__(self, slices: np.ndarray, per_slice: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        slices: np.ndarray,
+        per_slice: int,
+        rng: np.random.Generator,
+        counts: sparse.csr_matrix | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         self.rng = rng
-        self.groups = [np.flatnonzero(slices == k) for k in range(int(slices.max()) + 1)]
+        self.counts = counts
+        rank, size = shard
+        self.groups = [np.flatnonzero(slices == k)[rank::size] for k in range(int(slices.max()) + 1)]
         self.per_slice = [min(per_slice, g.size) for g in self.groups]
         self._order = [rng.permutation(g) for g in self.groups]
         self._pos = [0] * len(self.groups)
@@ -248,3 +268,144 @@ class StratifiedSampler:
             out.append(self._order[k][self._pos[k] : self._pos[k] + b])
             self._pos[k] += b
         return np.concatenate(out)
+
+    def next_batch(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        """Indices of the next minibatch and their rows of the counts."""
+        idx = next(self)
+        return idx, self.counts[idx]
+
+
+class BufferedSampler(StratifiedSampler):
+    """Stratified minibatches from counts kept on disk, read a few blocks of rows per slice at a time.
+
+    Random single rows of an on-disk matrix cost a chunk read each, so each slice's spots are cut into blocks along
+    the matrix's chunks; a buffer holds ``blocks_per_slice`` blocks of each slice, drawn in shuffled order, and
+    minibatches draw each slice's spots without replacement from its buffer, which is refilled when exhausted.
+    Memory is the buffer, not the matrix. A spot is drawn at most once per pass over its slice's blocks (the
+    few left in a buffer too small for a minibatch are skipped, as a sampler drops an incomplete last batch).
+
+    Parameters
+    ----------
+    slices
+        Slice code of each spot.
+    per_slice
+        Spots drawn from each slice per batch.
+    rng
+        The only source of randomness.
+    counts
+        The count matrix (a dask array of row chunks).
+    shard
+        ``(rank, n_ranks)``: draw only from this rank's share of every slice's blocks (data-parallel training).
+    buffer_rows
+        Rows held in memory over all slices (at least two blocks per slice).
+    """
+
+    def __init__(
+        self,
+        slices: np.ndarray,
+        per_slice: int,
+        rng: np.random.Generator,
+        counts: Any,
+        shard: tuple[int, int] = (0, 1),
+        *,
+        buffer_rows: int = 65_536,
+    ) -> None:
+        self.rng, self.counts = rng, counts
+        rank, size = shard
+        self.groups = [np.flatnonzero(slices == k) for k in range(int(slices.max()) + 1)]
+        # a rank reads whole blocks of its own: every size-th block of each slice (its rows if too few blocks)
+        self.blocks = []
+        for g in self.groups:
+            blocks = self._cut(g, _chunk_edges(counts))
+            self.blocks.append(blocks[rank::size] if len(blocks) >= size else [b[rank::size] for b in blocks])
+        self.groups = [np.concatenate(b) for b in self.blocks]
+        largest = max(max(b.size for b in blocks) for blocks in self.blocks)
+        self.blocks_per_slice = max(2, buffer_rows // max(1, len(self.groups) * largest))
+        self.per_slice = [min(per_slice, g.size) for g in self.groups]
+        self._block_order = [rng.permutation(len(b)) for b in self.blocks]
+        self._block_pos = [0] * len(self.groups)
+        self._rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.groups)
+        self._counts: list[sparse.csr_matrix | None] = [None] * len(self.groups)
+        self._pos = [0] * len(self.groups)
+        self._buffer_blocks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.groups)
+        self._buffer_order: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.groups)
+        for k in range(len(self.groups)):
+            self._refill(k)
+
+    @staticmethod
+    def _cut(group: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+        """Rows of one slice cut at the matrix's chunk edges (a block never spans two chunks)."""
+        cuts = np.flatnonzero(np.diff(np.searchsorted(edges, group, side="right")))
+        return [b for b in np.split(group, cuts + 1) if b.size]
+
+    def _refill(self, k: int, block_ids: np.ndarray | None = None, order: np.ndarray | None = None) -> None:
+        """Load the next blocks of slice ``k`` (or the given ones) and shuffle their rows (or apply ``order``)."""
+        if block_ids is None:
+            take, ids = min(self.blocks_per_slice, len(self.blocks[k])), []
+            while len(ids) < take:
+                if self._block_pos[k] >= len(self.blocks[k]):
+                    self._block_order[k] = self.rng.permutation(len(self.blocks[k]))
+                    self._block_pos[k] = 0
+                ids.append(int(self._block_order[k][self._block_pos[k]]))
+                self._block_pos[k] += 1
+            block_ids = np.asarray(ids)
+        blocks = [self.blocks[k][i] for i in block_ids]
+        rows = np.concatenate(blocks)
+        parts = []
+        for b in blocks:
+            part = read_rows(self.counts, int(b[0]), int(b[-1]) + 1)
+            parts.append(part if part.shape[0] == b.size else part[b - b[0]])  # contiguous: no copy
+        order = self.rng.permutation(rows.size) if order is None else np.asarray(order)
+        self._buffer_blocks[k], self._buffer_order[k] = block_ids, order
+        self._rows[k] = rows[order]
+        # rows stay in reading order; each minibatch gathers its own few (no permuted copy of the buffer)
+        self._counts[k] = parts[0] if len(parts) == 1 else sparse.vstack(parts, format="csr")
+        self._pos[k] = 0
+
+    def state(self) -> dict:
+        """Position of the sampler, to checkpoint (the buffer is re-read on resume)."""
+        return {
+            "block_order": [o.copy() for o in self._block_order],
+            "block_pos": list(self._block_pos),
+            "buffer_blocks": [b.copy() for b in self._buffer_blocks],
+            "buffer_order": [o.copy() for o in self._buffer_order],
+            "pos": list(self._pos),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Restore a position saved by :meth:`state`."""
+        self._block_order = [np.asarray(o) for o in state["block_order"]]
+        self._block_pos = list(state["block_pos"])
+        for k in range(len(self.groups)):
+            self._refill(k, np.asarray(state["buffer_blocks"][k]), np.asarray(state["buffer_order"][k]))
+        self._pos = list(state["pos"])
+
+    def next_batch(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        """Indices of the next minibatch and their rows of the counts."""
+        idx, counts = [], []
+        for k in range(len(self.groups)):
+            b = self.per_slice[k]
+            if self._pos[k] + b > self._rows[k].size:
+                self._refill(k)
+            b = min(b, self._rows[k].size)
+            idx.append(self._rows[k][self._pos[k] : self._pos[k] + b])
+            counts.append(self._counts[k][self._buffer_order[k][self._pos[k] : self._pos[k] + b]])
+            self._pos[k] += b
+        return np.concatenate(idx), sparse.vstack(counts, format="csr")
+
+    def __next__(self) -> np.ndarray:
+        return self.next_batch()[0]
+
+
+def _chunk_edges(x: Any) -> np.ndarray:
+    """Row offsets where the chunks of a dask array start (one chunk for a matrix in memory), and its end."""
+    return np.cumsum((0, *x.chunks[0])) if is_lazy(x) else np.array([0, x.shape[0]])
+
+
+def make_sampler(
+    counts: Any, slices: np.ndarray, per_slice: int, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+) -> StratifiedSampler:
+    """The minibatch sampler for counts in memory (rows drawn anywhere) or on disk (block buffer)."""
+    if is_lazy(counts):
+        return BufferedSampler(slices, per_slice, rng, counts, shard)
+    return StratifiedSampler(slices, per_slice, rng, counts, shard)

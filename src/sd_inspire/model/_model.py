@@ -15,6 +15,7 @@ from sd_inspire._constants import Key
 from sd_inspire._logging import logger
 from sd_inspire._utils import random_generator
 from sd_inspire.model._data import prepare
+from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input
 
@@ -151,6 +152,7 @@ class InspireModel:
             ).to(self.device)
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
+        self.world = World()
 
     # ------------------------------------------------------------------ training
     def train(
@@ -221,7 +223,9 @@ class InspireModel:
             patience=patience,
             checkpoint_every=checkpoint_every if checkpoint_dir is not None else 0,
         )
-        rng = np.random.default_rng(self.seed)
+        self.world = world(self.device)
+        # one stream of minibatches per rank; a single process keeps the seed's own stream
+        rng = np.random.default_rng(self.seed if self.world.rank == 0 else [self.seed, self.world.rank])
         trainer = Trainer(
             self.module,
             self.data,
@@ -230,6 +234,7 @@ class InspireModel:
             rng=rng,
             device=self.device,
             graph_encoder=self.params["encoder"] == "gat",
+            world=self.world,
         )
         checkpoint = None
         with torch.random.fork_rng(devices=[]):
@@ -237,13 +242,16 @@ class InspireModel:
             if checkpoint_dir is not None:
                 folder = Path(checkpoint_dir)
                 folder.mkdir(parents=True, exist_ok=True)
-                checkpoint = folder / _CHECKPOINT_FILE
+                # each rank keeps its own sampler position; the weights are the same on every rank
+                name = _CHECKPOINT_FILE if self.world.size == 1 else f"checkpoint-rank{self.world.rank}.pt"
+                checkpoint = folder / name
                 meta = folder / _META_FILE
                 if checkpoint.exists() and meta.exists():
                     self._check_metadata(json.loads(meta.read_text()), str(folder))
                     trainer.load_state(torch.load(checkpoint, weights_only=True, map_location=self.device))
                     logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
-                meta.write_text(json.dumps(self._metadata(), indent=1))
+                if self.world.is_main:
+                    meta.write_text(json.dumps(self._metadata(), indent=1))
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
         self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
         self.is_trained = True

@@ -10,10 +10,13 @@ import numpy as np
 import torch
 
 from sd_inspire._logging import logger
-from sd_inspire.model._data import StratifiedSampler, sample_subgraph
+from sd_inspire.model._data import make_sampler, sample_subgraph
+from sd_inspire.model._distributed import World, average_gradients, mean_over_ranks
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from scipy import sparse
 
     from sd_inspire.model._data import ModelData
     from sd_inspire.model._module import InspireModule, LossWeights
@@ -71,27 +74,31 @@ class Trainer:
         rng: np.random.Generator,
         device: torch.device,
         graph_encoder: bool = False,
+        world: World | None = None,
     ) -> None:
         self.module, self.data, self.config, self.weights = module, data, config, weights
         self.device, self.rng, self.graph_encoder = device, rng, graph_encoder
+        self.world = world or World()
         self.opt = torch.optim.Adam(
             module.generative_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
         self.opt_disc = torch.optim.Adam(module.discriminator.parameters(), lr=config.lr, fused=True)
-        self.sampler = StratifiedSampler(data.slices, config.per_slice, rng)
+        # data-parallel: each rank draws its share of every minibatch from its own shard of every slice
+        per_rank = max(1, -(-config.per_slice // self.world.size))
+        self.sampler = make_sampler(data.counts, data.slices, per_rank, rng, (self.world.rank, self.world.size))
         self.step = 0
         self.history: dict[str, list[float]] = {}
         self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
         self._features = torch.as_tensor(data.features, device=device)
 
     # -- batches
-    def batch(self, idx: np.ndarray) -> dict:
+    def batch(self, idx: np.ndarray, counts: sparse.csr_matrix) -> dict:
         """Tensors of one minibatch (only its rows of the counts are densified)."""
         d, dev = self.data, self.device
         s = torch.as_tensor(d.slices[idx], device=dev)
         out = {
             "h_seed": self._features[torch.as_tensor(idx, device=dev)],
-            "counts": torch.as_tensor(d.counts[idx].toarray(), device=dev),
+            "counts": torch.as_tensor(counts.toarray(), device=dev),
             "library": torch.as_tensor(d.library[idx], device=dev),
             "saturated": torch.as_tensor(d.saturated[idx], device=dev),
             "s": s,
@@ -122,7 +129,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One generator step and ``discriminator_steps`` discriminator steps."""
         self.module.train()
-        b = self.batch(next(self.sampler))
+        b = self.batch(*self.sampler.next_batch())
         margin = self.margin()
         terms, z = self.module.losses(
             b["h"],
@@ -139,6 +146,7 @@ class Trainer:
         loss = sum(w[k] * v for k, v in terms.items())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.opt.param_groups[0]["params"], self.world.size)
         self.opt.step()
         record = {k: float(v.detach()) for k, v in terms.items()}
         record["loss"] = float(loss.detach())
@@ -147,6 +155,7 @@ class Trainer:
                 d_loss = self.module.discriminator_loss(z, b["s"], margin)
                 self.opt_disc.zero_grad(set_to_none=True)
                 d_loss.backward()
+                average_gradients(self.opt_disc.param_groups[0]["params"], self.world.size)
                 self.opt_disc.step()
             record["discriminator"] = float(d_loss.detach())
         self.step += 1
@@ -155,14 +164,17 @@ class Trainer:
     # -- checkpoints
     def state(self) -> dict:
         """Everything needed to resume: weights, optimisers, step, history, sampler and random states."""
-        sampler = self.sampler.state()
+        # arrays as tensors (a weights-only checkpoint holds no numpy objects); positions ("*pos") are int lists
+        sampler = {
+            k: v if k.endswith("pos") else [torch.as_tensor(a) for a in v] for k, v in self.sampler.state().items()
+        }
         return {
             "module": self.module.state_dict(),
             "opt": self.opt.state_dict(),
             "opt_disc": self.opt_disc.state_dict(),
             "step": self.step,
             "history": self.history,
-            "sampler": {"order": [torch.as_tensor(o) for o in sampler["order"]], "pos": sampler["pos"]},
+            "sampler": sampler,
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
@@ -175,7 +187,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.sampler.load_state(
-            {"order": [np.asarray(o) for o in state["sampler"]["order"]], "pos": state["sampler"]["pos"]}
+            {k: v if k.endswith("pos") else [np.asarray(a) for a in v] for k, v in state["sampler"].items()}
         )
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -194,12 +206,21 @@ class Trainer:
         cfg = self.config
         best, since_best, smooth = np.inf, 0, None
         start = time.perf_counter()
-        bar = tqdm(total=cfg.n_steps, initial=self.step, disable=not show_progress_bar, desc="training", unit="step")
+        bar = tqdm(
+            total=cfg.n_steps,
+            initial=self.step,
+            disable=not (show_progress_bar and self.world.is_main),
+            desc="training",
+            unit="step",
+        )
         while self.step < cfg.n_steps:
             record = self.train_step()
             for k, v in record.items():
                 self.history.setdefault(k, []).append(v)
-            smooth = record["loss"] if smooth is None else 0.98 * smooth + 0.02 * record["loss"]
+            value = record["loss"]
+            if cfg.early_stopping and self.world.size > 1:  # every rank must stop at the same step
+                value = mean_over_ranks(value, self.world.size)
+            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
             if self.step % 20 == 0:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "poisson", "adversarial")})
             bar.update(1)

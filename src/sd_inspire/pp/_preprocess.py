@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from sd_inspire._chunks import is_lazy, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
@@ -130,8 +131,21 @@ def preprocess(
         has_layer = Key.COUNTS in adata.layers
         source = f"`adata.layers[{Key.COUNTS!r}]`" if has_layer else "`adata.X`"
         counts = adata.layers[Key.COUNTS] if has_layer else adata.X
-        counts = counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
-        is_integer = check_counts(counts, source)
+        lazy = is_lazy(counts)
+        if not lazy:
+            counts = counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
+        adata.var[Key.MITO] = adata.var_names.str.startswith(prefixes)
+        measured = measured_mask(adata, slices)
+        codes = slices.cat.codes.to_numpy()
+        scan = _scan(
+            counts,
+            codes,
+            len(slices.cat.categories),
+            adata.var[Key.MITO].to_numpy(),
+            source,
+            thresholds=(min_counts, min_genes, max_pct_mito),
+        )
+        is_integer = scan.is_integer
         if not is_integer:
             warnings.warn(
                 f"{source} holds non-integer values: this looks like normalised data, not raw counts. It is kept "
@@ -141,17 +155,10 @@ def preprocess(
             )
 
         # --- spot QC, per slice
-        adata.var[Key.MITO] = adata.var_names.str.startswith(prefixes)
-        total = np.asarray(counts.sum(axis=1)).ravel()
-        n_detected = np.diff(counts.indptr)
-        mito = np.asarray(counts[:, np.flatnonzero(adata.var[Key.MITO].to_numpy())].sum(axis=1)).ravel()
-        pct_mito = np.divide(100 * mito, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
-        keep = (total >= min_counts) & (n_detected >= min_genes)
-        if max_pct_mito is not None:
-            keep &= pct_mito <= max_pct_mito
+        keep, total, n_detected, pct_mito = scan.keep, scan.total, scan.n_detected, scan.pct_mito
         removed = {}
-        for s in slices.cat.categories:
-            in_slice = (slices == s).to_numpy()
+        for k, s in enumerate(slices.cat.categories):
+            in_slice = codes == k
             removed[str(s)] = int((in_slice & ~keep).sum())
             if not (in_slice & keep).any():
                 raise ValueError(
@@ -161,23 +168,27 @@ def preprocess(
         if not keep.all():
             logger.info("QC removes %d of %d spots: %s", int((~keep).sum()), adata.n_obs, removed)
             adata._inplace_subset_obs(np.flatnonzero(keep))
-            counts, slices = counts[keep], slices[keep].cat.remove_unused_categories()
+            counts = adata.layers[Key.COUNTS] if has_layer else adata.X
+            if not lazy:
+                counts = counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
+            codes = codes[keep]
             total, n_detected, pct_mito = total[keep], n_detected[keep], pct_mito[keep]
         adata.obs[Key.TOTAL_COUNTS] = total
         adata.obs[Key.N_GENES] = n_detected
         adata.obs[Key.PCT_MITO] = pct_mito
 
         # --- highly variable genes per slice, then the gene space
-        measured = measured_mask(adata, slices)
         ranks = pd.DataFrame(np.nan, index=adata.var_names, columns=measured.columns)
-        for s in measured.columns:
-            rows = (slices == s).to_numpy()
-            cand = measured[s].to_numpy() & ~adata.var[Key.MITO].to_numpy()
-            in_slice = counts[rows]
-            detected = np.asarray((in_slice > 0).sum(axis=0)).ravel() >= min_spots
-            cand &= detected
-            ranks.loc[cand, s] = _hvg_ranks(in_slice[:, cand], is_integer)
-            del in_slice
+        candidates = {}
+        for k, s in enumerate(measured.columns):
+            cand = measured[s].to_numpy() & ~adata.var[Key.MITO].to_numpy() & (scan.detected[k] >= min_spots)
+            candidates[k] = cand
+            if not is_integer:
+                in_slice = _gather_rows(counts, codes == k)
+                ranks.loc[cand, s] = _rank(_seurat_dispersion(in_slice[:, cand]))
+        if is_integer:
+            for k, score in _seurat_v3_variances(counts, codes, scan, candidates).items():
+                ranks.loc[candidates[k], measured.columns[k]] = _rank(score[candidates[k]])
         flagged = ranks < n_top_genes
         if gene_space == "shared":
             pool = measured.all(axis=1).to_numpy()
@@ -206,21 +217,18 @@ def preprocess(
         adata.var["highly_variable_nbatches"] = flagged.sum(axis=1).to_numpy()
         adata.varm["highly_variable_rank"] = ranks
 
-        # --- counts layer and log-normalised X
+        # --- counts layer and log-normalised X (out of core: computed chunk by chunk when read)
         if not has_layer and is_integer:
-            adata.layers[Key.COUNTS] = counts.astype(np.float32, copy=False)  # X is replaced below: no copy
+            adata.layers[Key.COUNTS] = counts if lazy else counts.astype(np.float32, copy=False)  # X is replaced
             log_added("layers", Key.COUNTS)
         if is_integer:
             scale = target_sum if target_sum is not None else float(np.median(total[total > 0]))
             factors = np.divide(scale, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
-            x = sparse.diags(factors.astype(np.float32)) @ counts.astype(np.float32, copy=False)
-            x.data = np.log1p(x.data)
-            adata.X = x.tocsr()
+            adata.X = _log_normalised(counts, factors.astype(np.float32))
+        elif lazy:
+            adata.X = counts.map_blocks(_log_if_linear, dtype=np.float32)
         else:
-            x = counts.astype(np.float32)
-            if x.nnz and x.data.max() > _LOG_SCALE_MAX:  # normalised, but not yet on a log scale
-                x.data = np.log1p(x.data)
-            adata.X = x
+            adata.X = _log_if_linear(counts)
         if subset:
             adata._inplace_subset_var(np.flatnonzero(hv))
         adata.uns[Key.PREPROCESS] = {
@@ -243,58 +251,155 @@ def preprocess(
     return adata if copy else None
 
 
-def _hvg_ranks(counts: sparse.csr_matrix, is_integer: bool) -> np.ndarray:
-    """Rank (0 = most variable) of each column of one slice's matrix.
+class _Scan(NamedTuple):
+    """What one streamed pass over the counts gives: spot QC, and per-slice gene sums over the spots kept."""
 
-    Integer counts: the variance-stabilised ``seurat_v3`` criterion (Stuart et al. 2019) — the variance of counts
-    standardised by a mean-variance trend, clipped at ``sqrt(n_spots)`` — with the trend fitted by LOWESS.
-    Other values: scanpy's ``"seurat"`` normalised dispersion on their log scale.
+    is_integer: bool
+    total: np.ndarray
+    n_detected: np.ndarray
+    pct_mito: np.ndarray
+    keep: np.ndarray
+    n_spots: np.ndarray  # slices
+    sums: np.ndarray  # slices x genes
+    squares: np.ndarray  # slices x genes
+    detected: np.ndarray  # slices x genes: spots with a non-zero count
+
+
+def _scan(
+    counts: Any,
+    codes: np.ndarray,
+    n_slices: int,
+    mito: np.ndarray,
+    source: str,
+    *,
+    thresholds: tuple[int, int, float | None],
+) -> _Scan:
+    """One pass over ``counts`` in row blocks: validation, spot QC and the kept spots' gene sums per slice."""
+    min_counts, min_genes, max_pct_mito = thresholds
+    n, n_genes = counts.shape
+    total, n_detected, pct_mito = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+    keep = np.zeros(n, dtype=bool)
+    sums, squares = np.zeros((n_slices, n_genes)), np.zeros((n_slices, n_genes))
+    detected = np.zeros((n_slices, n_genes), dtype=np.int64)
+    is_integer, mito_cols = True, np.flatnonzero(mito)
+    for start, stop, block in row_blocks(counts):
+        is_integer &= check_counts(block, source)
+        block.sum_duplicates()
+        tot = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+        det = np.diff(block.indptr)
+        mt = np.asarray(block[:, mito_cols].sum(axis=1, dtype=np.float64)).ravel()
+        pct = np.divide(100 * mt, tot, out=np.zeros_like(tot), where=tot > 0)
+        ok = (tot >= min_counts) & (det >= min_genes)
+        if max_pct_mito is not None:
+            ok &= pct <= max_pct_mito
+        total[start:stop], n_detected[start:stop], pct_mito[start:stop], keep[start:stop] = tot, det, pct, ok
+        block_codes = codes[start:stop]
+        for k in np.unique(block_codes[ok]):
+            rows = block[ok & (block_codes == k)]
+            col = rows.indices
+            sums[k] += np.bincount(col, weights=rows.data, minlength=n_genes)
+            squares[k] += np.bincount(col, weights=rows.data.astype(np.float64) ** 2, minlength=n_genes)
+            detected[k] += np.bincount(col[rows.data > 0], minlength=n_genes)
+    n_spots = np.bincount(codes[keep], minlength=n_slices)
+    return _Scan(bool(is_integer), total, n_detected, pct_mito, keep, n_spots, sums, squares, detected)
+
+
+def _seurat_v3_variances(
+    counts: Any, codes: np.ndarray, scan: _Scan, candidates: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
+    """Per slice, the ``seurat_v3`` criterion (Stuart et al. 2019) of each gene (-inf outside the candidates).
+
+    The variance of counts standardised by the slice's mean-variance trend (LOWESS over its candidate genes) and
+    clipped at ``sqrt(n_spots)``: the gene means and variances come from :func:`_scan`; the clipped sums need a
+    second pass over the counts (rows of the spots kept, already subset).
     """
-    n_spots, n_genes = counts.shape
-    if n_genes == 0:
-        return np.zeros(0)
-    if is_integer:
-        score = _seurat_v3_variance(counts)
-    else:
-        import scanpy as sc
+    n_genes = counts.shape[1]
+    stats = {}
+    for k, cand in candidates.items():
+        n = int(scan.n_spots[k])
+        mean = scan.sums[k] / max(n, 1)
+        var = (scan.squares[k] / max(n, 1) - mean**2) * n / max(n - 1, 1)
+        ok = cand & (var > 0) & (mean > 0)
+        if n < 2 or not ok.any():
+            continue
+        std = np.zeros(n_genes)
+        std[ok] = np.sqrt(10 ** _smooth_trend(np.log10(mean[ok]), np.log10(var[ok])))
+        clip = np.where(ok, mean + std * np.sqrt(n), np.inf)
+        stats[k] = (n, mean, std, ok, clip)
+    s1 = {k: np.zeros(n_genes) for k in stats}
+    s2 = {k: np.zeros(n_genes) for k in stats}
+    for start, stop, block in row_blocks(counts):
+        block.sum_duplicates()
+        block_codes = codes[start:stop]
+        for k in np.unique(block_codes):
+            if k not in stats:
+                continue
+            rows = block[block_codes == k]
+            values = np.minimum(rows.data.astype(np.float64), stats[k][4][rows.indices])
+            s1[k] += np.bincount(rows.indices, weights=values, minlength=n_genes)
+            s2[k] += np.bincount(rows.indices, weights=values**2, minlength=n_genes)
+    out = {}
+    for k in candidates:
+        score = np.full(n_genes, -np.inf)
+        if k in stats:
+            n, m, std, ok, _ = stats[k]
+            score[ok] = (n * m[ok] ** 2 + s2[k][ok] - 2 * m[ok] * s1[k][ok]) / ((n - 1) * std[ok] ** 2)
+        out[k] = score
+    return out
 
-        x = counts.astype(np.float32)
-        if x.nnz and x.data.max() > _LOG_SCALE_MAX:  # normalised but not log-transformed
-            x.data = np.log1p(x.data)
-        tmp = AnnData(X=x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sc.pp.highly_variable_genes(tmp, flavor="seurat")
-        score = tmp.var["dispersions_norm"].to_numpy(dtype=float)
+
+def _seurat_dispersion(x: sparse.csr_matrix) -> np.ndarray:
+    """Scanpy's ``"seurat"`` normalised dispersion of non-integer (normalised) data, on their log scale."""
+    import scanpy as sc
+
+    if x.shape[1] == 0:
+        return np.zeros(0)
+    tmp = AnnData(X=_log_if_linear(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, flavor="seurat")
+    return tmp.var["dispersions_norm"].to_numpy(dtype=float)
+
+
+def _rank(score: np.ndarray) -> np.ndarray:
+    """Rank of each score, 0 for the largest (ties keep their order; NaN counts as the lowest)."""
     score = np.nan_to_num(score, nan=-np.inf)
-    ranks = np.empty(n_genes)
-    ranks[np.argsort(-score, kind="stable")] = np.arange(n_genes)
+    ranks = np.empty(score.size)
+    ranks[np.argsort(-score, kind="stable")] = np.arange(score.size)
     return ranks
 
 
-def _seurat_v3_variance(counts: sparse.csr_matrix) -> np.ndarray:
-    """Normalised (standardised, clipped) variance of each gene of a count matrix; -inf for constant genes."""
-    n = counts.shape[0]
-    x = counts.tocsc().astype(np.float64)
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
-    var = (sq - mean**2) * n / max(n - 1, 1)
-    ok = (var > 0) & (mean > 0)
-    out = np.full(counts.shape[1], -np.inf)
-    if not ok.any() or n < 2:
-        return out
-    log_mean, log_var = np.log10(mean[ok]), np.log10(var[ok])
-    trend = _smooth_trend(log_mean, log_var)
-    std = np.sqrt(10**trend)
-    clip = mean[ok] + std * np.sqrt(n)
-    sub = x[:, np.flatnonzero(ok)]
-    col = np.repeat(np.arange(sub.shape[1]), np.diff(sub.indptr))
-    values = np.minimum(sub.data, clip[col])
-    s1 = np.bincount(col, weights=values, minlength=sub.shape[1])
-    s2 = np.bincount(col, weights=values**2, minlength=sub.shape[1])
-    m = mean[ok]
-    out[ok] = (n * m**2 + s2 - 2 * m * s1) / ((n - 1) * std**2)
-    return out
+def _gather_rows(x: Any, rows: np.ndarray) -> sparse.csr_matrix:
+    """The rows of ``x`` flagged by the boolean ``rows``, in memory."""
+    if not is_lazy(x):
+        return sparse.csr_matrix(x[np.flatnonzero(rows)], dtype=np.float32)
+    parts = [block[rows[start:stop]] for start, stop, block in row_blocks(x) if rows[start:stop].any()]
+    return sparse.vstack(parts, format="csr").astype(np.float32)
+
+
+def _log_normalised(counts: Any, factors: np.ndarray) -> Any:
+    """``log1p(counts * factors[:, None])`` as float32 CSR; for a dask array, a lazy one of the same chunks."""
+    if is_lazy(counts):
+        import dask.array as da
+
+        scale = da.from_array(factors[:, None], chunks=(counts.chunks[0], 1))
+        return da.map_blocks(_scale_log_block, counts, scale, dtype=np.float32, meta=counts._meta.astype(np.float32))
+    return _scale_log_block(counts, factors[:, None])
+
+
+def _scale_log_block(block: Any, scale: np.ndarray) -> sparse.csr_matrix:
+    x = sparse.csr_matrix(block, dtype=np.float32, copy=True)
+    x.data *= np.repeat(np.asarray(scale, dtype=np.float32).ravel(), np.diff(x.indptr))
+    x.data = np.log1p(x.data)
+    return x
+
+
+def _log_if_linear(x: Any) -> sparse.csr_matrix:
+    """Non-integer input as float32 CSR, ``log1p``-transformed when its maximum suggests a linear scale."""
+    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+    if x.nnz and x.data.max() > _LOG_SCALE_MAX:  # normalised, but not yet on a log scale
+        x.data = np.log1p(x.data)
+    return x
 
 
 def _smooth_trend(x: np.ndarray, y: np.ndarray) -> np.ndarray:

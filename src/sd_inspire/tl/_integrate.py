@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from sd_inspire._chunks import is_lazy
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import get_slices, get_table, is_spatialdata
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -70,9 +70,13 @@ def integrate(
     loss_weights
         Weights of the objective's terms, see :meth:`sd_inspire.model.InspireModel.train`.
     device
-        ``"auto"`` uses a GPU when present.
+        ``"auto"`` uses a GPU when present. Launched with ``torchrun --nproc_per_node N script.py``, the same call
+        trains data-parallel over the N processes (gloo on CPU, nccl on GPU): each rank draws its share of every
+        minibatch from its own shard of each slice, gradients are averaged, every rank ends with the same model and
+        only rank 0 writes into a backing store.
     checkpoint_dir
-        Folder for training checkpoints; a run interrupted midway resumes from it.
+        Folder for training checkpoints; a run interrupted midway resumes from it (one file per rank when
+        data-parallel).
     show_progress_bar
         Show a progress bar with the loss terms.
     %(random_state)s On the CPU, equal seeds give equal results.
@@ -150,7 +154,8 @@ def integrate(
         )
         write_results(adata, model, key_added)
         if not copy and is_spatialdata(data):
-            _add_factor_table(data, adata, key_added, table_key)
+            # under torchrun every rank holds the same results; only rank 0 writes into a backing store
+            _add_factor_table(data, adata, key_added, table_key, write=model.world.is_main)
     return adata if copy else None
 
 
@@ -187,12 +192,39 @@ def write_results(adata: AnnData, model: Any, key_added: str) -> None:
         log_added(where, key)
 
 
+def _has_lazy_matrices(table: AnnData) -> bool:
+    return is_lazy(table.X) or any(is_lazy(v) for v in table.layers.values())
+
+
+def _write_table_parts(sdata: SpatialData, name: str) -> None:
+    """Replace ``obs``, ``var``, ``obsm``, ``varm``, ``obsp`` and ``uns`` of an out-of-core table in its store group."""
+    import zarr
+    from anndata.io import read_elem, write_elem
+
+    table = sdata.tables[name]
+    group = zarr.open_group(Path(sdata.path) / "tables" / name, mode="r+")
+    n_on_disk = len(read_elem(group["obs"]))
+    if n_on_disk != table.n_obs:
+        raise ValueError(
+            f"Table {name!r} has {table.n_obs} rows in memory but {n_on_disk} in {str(sdata.path)!r} (spots removed "
+            "after it was opened out of core): write the SpatialData to a new store with `sdata.write(path)` instead."
+        )
+    for key in ("obs", "var", "uns"):
+        write_elem(group, key, getattr(table, key))
+    for key in ("obsm", "varm", "obsp"):
+        write_elem(group, key, dict(getattr(table, key)))
+    sdata.write_consolidated_metadata()
+    logger.info("Updated table %r in %s (its matrices on disk are left as they are)", name, sdata.path)
+
+
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters with None replaced by the string 'None' (zarr/h5ad cannot store None in uns)."""
     return {k: (_plain(v) if isinstance(v, dict) else ("None" if v is None else v)) for k, v in params.items()}
 
 
-def _add_factor_table(sdata: SpatialData, adata: AnnData, key_added: str, table_key: str | None) -> None:
+def _add_factor_table(
+    sdata: SpatialData, adata: AnnData, key_added: str, table_key: str | None, *, write: bool = True
+) -> None:
     """Add table ``"{key_added}_factors"`` annotating the same shapes; write it (and the table) into a backing store."""
     from anndata import AnnData
     from spatialdata.models import TableModel
@@ -213,17 +245,24 @@ def _add_factor_table(sdata: SpatialData, adata: AnnData, key_added: str, table_
         del sdata.tables[name]
     sdata.tables[name] = table
     log_added("tables", name)
-    if sdata.path is not None:
+    if sdata.path is not None and write:
         main = table_key or next(k for k, v in sdata.tables.items() if v is adata)
         _write_into_store(sdata, [name, main])
 
 
 def _write_into_store(sdata: SpatialData, names: list[str]) -> None:
-    """Write elements into the backing zarr store; an element already on disk is replaced via a backup copy."""
+    """Write elements into the backing zarr store; an element already on disk is replaced via a backup copy.
+
+    A table opened out of core (:func:`sd_inspire.io.read_zarr`) reads its matrices from the store: only its
+    in-memory parts are replaced there, and the matrices on disk are left as they are.
+    """
     on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
     for name in names:
         if name not in on_disk:
             sdata.write_element(name)
+            continue
+        if _has_lazy_matrices(sdata.tables[name]):
+            _write_table_parts(sdata, name)
             continue
         backup = f"{name}_sd_inspire_backup"
         sdata.tables[backup] = sdata.tables[name]

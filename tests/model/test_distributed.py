@@ -1,0 +1,35 @@
+"""Data-parallel training with torch.distributed: two local processes (gloo) against one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sd_inspire.tl._metrics import ari
+
+SCRIPT = Path(__file__).with_name("_ddp_script.py")
+
+
+def _run(command: list[str], out: Path) -> None:
+    result = subprocess.run([*command, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    pytest.importorskip("torch.distributed")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir()
+    ddp.mkdir()
+    _run([sys.executable], single)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], ddp)
+    # gradients are averaged over ranks: both ranks end with the same weights, hence the same latent space
+    np.testing.assert_array_equal(np.load(ddp / "latent0.npy"), np.load(ddp / "latent1.npy"))
+    truth = np.load(single / "truth.npy")
+    one, two = np.load(single / "domains0.npy"), np.load(ddp / "domains0.npy")
+    assert ari(truth, one) > 0.8
+    assert ari(truth, two) > ari(truth, one) - 0.1  # same quality, from each rank reading half the rows
+    assert ari(one, two) > 0.75  # and the same domains
