@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,8 +117,11 @@ def test_buffered_sampler_passes_and_resumes():
     np.testing.assert_array_equal(np.concatenate([resumed.next_batch()[0] for _ in range(12)]), expected)
 
 
-def test_integrate_out_of_core(store):
-    path, memory = store
+def test_integrate_out_of_core(store, tmp_path):
+    source, memory = store
+    path, twin = tmp_path / "a.zarr", tmp_path / "b.zarr"  # integrate writes into the store: work on copies
+    shutil.copytree(source, path)
+    shutil.copytree(source, twin)
     lazy = _lazy(path)
     si.tl.integrate(lazy, n_factors=6, max_steps=150, show_progress_bar=False, random_state=1)
     table = lazy["table"]
@@ -132,7 +136,7 @@ def test_integrate_out_of_core(store):
     assert "highly_variable" in back["table"].var
     assert (back["table"].X != memory["table"].X).nnz == 0
     # deterministic on the CPU, out of core too
-    again = _lazy(path)["table"]
+    again = _lazy(twin)["table"]
     si.tl.integrate(again, n_factors=6, max_steps=150, show_progress_bar=False, random_state=1)
     np.testing.assert_array_equal(again.obsm["X_inspire"], table.obsm["X_inspire"])
 
@@ -169,8 +173,6 @@ def test_checkpoint_resume_out_of_core(store, tmp_path, monkeypatch):
 def test_write_back_refuses_when_rows_were_removed(store, tmp_path):
     path, _ = store
     copy = tmp_path / "copy.zarr"
-    import shutil
-
     shutil.copytree(path, copy)
     lazy = _lazy(copy)
     si.pp.preprocess(lazy, n_top_genes=100, min_counts=400)  # removes spots from the table in memory
@@ -220,3 +222,31 @@ def test_propagate_reads_out_of_core_expression(store):
         si.gr.spatial_neighbors(table)
         si.gr.propagate(table)
     np.testing.assert_allclose(lazy.obsm["X_propagated"], mem.obsm["X_propagated"], atol=1e-5)
+
+
+def test_preprocess_and_setup_on_a_dask_cluster(store):
+    """With a dask.distributed client active, the streamed passes run on its workers and give the same results."""
+    distributed = pytest.importorskip("distributed")
+    from sd_inspire.model._data import prepare
+
+    path, _ = store
+    alone, on_cluster = _lazy(path)["table"], _lazy(path)["table"]
+    si.pp.preprocess(alone, n_top_genes=80, min_counts=400)
+    si.gr.spatial_neighbors(alone)
+    setup = {"slice_key": "slice", "n_pcs": 10, "n_hops": 1, "connectivity_key": "spatial_connectivities", "seed": 0}
+    expected = prepare(alone, **setup)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        from sd_inspire._chunks import dask_client
+
+        assert dask_client() is client
+        si.pp.preprocess(on_cluster, n_top_genes=80, min_counts=400)
+        si.gr.spatial_neighbors(on_cluster)
+        got = prepare(on_cluster, **setup)
+    np.testing.assert_array_equal(on_cluster.var["highly_variable"], alone.var["highly_variable"])
+    np.testing.assert_allclose(on_cluster.obs["total_counts"], alone.obs["total_counts"])
+    np.testing.assert_allclose(got.library, expected.library)
+    np.testing.assert_allclose(got.saturated, expected.saturated, rtol=1e-5)
+    np.testing.assert_allclose(got.features, expected.features, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 #: Rows per chunk of the matrices of a table opened out of core, and of the streaming passes over them.
 CHUNK_ROWS = 8192
@@ -40,8 +40,8 @@ def read_rows(x: Any, start: int, stop: int) -> sparse.csr_matrix:
     return _as_csr(x[start:stop])
 
 
-def row_blocks(x: Any, chunk_size: int = CHUNK_ROWS) -> Iterator[tuple[int, int, sparse.csr_matrix]]:
-    """``(start, stop, rows)`` over ``x`` in row blocks; a dask array is read block by block along its chunks."""
+def _spans(x: Any, chunk_size: int) -> list[tuple[int, int]]:
+    """Row ranges of about ``chunk_size`` rows; for a dask array, along its chunks (never splitting one)."""
     n = x.shape[0]
     if is_lazy(x):
         bounds = np.cumsum((0, *x.chunks[0]))
@@ -53,14 +53,67 @@ def row_blocks(x: Any, chunk_size: int = CHUNK_ROWS) -> Iterator[tuple[int, int,
         edges = [*starts, n]
     else:
         edges = [*range(0, n, chunk_size), n]
-    for start, stop in zip(edges[:-1], edges[1:], strict=True):
-        if stop > start:
-            yield start, stop, read_rows(x, start, stop)
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def row_blocks(x: Any, chunk_size: int = CHUNK_ROWS) -> Iterator[tuple[int, int, sparse.csr_matrix]]:
+    """``(start, stop, rows)`` over ``x`` in row blocks; a dask array is read block by block along its chunks."""
+    for start, stop in _spans(x, chunk_size):
+        yield start, stop, read_rows(x, start, stop)
+
+
+def dask_client() -> Any:
+    """The active :class:`distributed.Client`, or ``None`` (dask.distributed absent or no client started)."""
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is a dependency of spatialdata
+        return None
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+def map_row_blocks(
+    x: Any,
+    func: Callable[..., Any],
+    *,
+    rows: tuple[np.ndarray, ...] = (),
+    args: tuple = (),
+    chunk_size: int = CHUNK_ROWS,
+) -> Iterator[tuple[int, int, Any]]:
+    """``(start, stop, func(block, *rows[start:stop], *args))`` for each row block of ``x``, in order.
+
+    ``rows`` are per-spot arrays cut to each block; ``args`` go to every call. For a matrix on disk with a
+    :mod:`dask.distributed` client active, the blocks are read and processed by the cluster's workers (only the
+    results travel back); otherwise one block at a time in this process.
+    """
+    client = dask_client() if is_lazy(x) else None
+    if client is None:
+        for start, stop, block in row_blocks(x, chunk_size):
+            yield start, stop, func(block, *(r[start:stop] for r in rows), *args)
+        return
+    import dask
+
+    spans = _spans(x, chunk_size)
+    tasks = [dask.delayed(_apply)(func, x[a:b], *(r[a:b] for r in rows), *args) for a, b in spans]
+    futures = client.compute(tasks)
+    for (start, stop), future in zip(spans, futures, strict=True):
+        yield start, stop, future.result()
+        future.release()
+
+
+def _apply(func: Callable[..., Any], block: Any, *args: Any) -> Any:
+    return func(_as_csr(block), *args)
 
 
 def matmul_rows(x: Any, w: np.ndarray, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
     """``x @ w`` (float32) in row blocks: memory is the output plus one block of ``x``."""
     out = np.empty((x.shape[0], w.shape[1]), dtype=np.float32)
-    for start, stop, block in row_blocks(x, chunk_size):
-        out[start:stop] = block @ w
+    for start, stop, product in map_row_blocks(x, _matmul, args=(w,), chunk_size=chunk_size):
+        out[start:stop] = product
     return out
+
+
+def _matmul(block: sparse.csr_matrix, w: np.ndarray) -> np.ndarray:
+    return np.asarray(block @ w, dtype=np.float32)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import linalg, sparse
 
-from sd_inspire._chunks import is_lazy, matmul_rows, read_rows, row_blocks
+from sd_inspire._chunks import is_lazy, map_row_blocks, matmul_rows, read_rows
 from sd_inspire._constants import Key
 from sd_inspire._utils import get_slices, measured_mask
 from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
@@ -145,15 +145,18 @@ def _library_and_saturated(counts: Any, chunk_size: int) -> tuple[np.ndarray, np
     """Library size ``l`` and ``sum_g x log(x / l)`` (the Poisson deviance's saturated term) of each row, in one pass."""
     library = np.empty(counts.shape[0], dtype=np.float32)
     saturated = np.zeros(counts.shape[0], dtype=np.float32)
-    for start, stop, block in row_blocks(counts, chunk_size):
-        block.eliminate_zeros()
-        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
-        library[start:stop] = lib
-        with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
-            terms = block.data * np.log(block.data / lib[rows])
-        saturated[start:stop] = np.bincount(rows, weights=terms, minlength=block.shape[0])
+    for start, stop, (lib, sat) in map_row_blocks(counts, _block_library_and_saturated, chunk_size=chunk_size):
+        library[start:stop], saturated[start:stop] = lib, sat
     return library, saturated
+
+
+def _block_library_and_saturated(block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    block.eliminate_zeros()
+    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
+        terms = block.data * np.log(block.data / lib[rows])
+    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0])
 
 
 def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:
@@ -166,10 +169,9 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
     """
     n, p = x.shape
     total, gram, step = np.zeros(p), np.zeros((p, p)), min(chunk_size, _GRAM_CHUNK)
-    for _, _, rows in row_blocks(x, step):
-        block = rows.toarray()
-        total += block.sum(axis=0, dtype=np.float64)  # (x.mean(dtype=float64) would copy all of x to float64)
-        gram += block.T @ block  # float32 products of one chunk, summed over chunks in float64
+    for _, _, (block_total, block_gram) in map_row_blocks(x, _block_gram, chunk_size=step):
+        total += block_total
+        gram += block_gram  # float32 products of one chunk, summed over chunks in float64
     mean = total / n
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
     values, vectors = linalg.eigh(cov, subset_by_index=[p - n_comp, p - 1], driver="evr")  # the top n_comp only
@@ -180,6 +182,12 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
     y = matmul_rows(x, vectors, chunk_size)
     y -= (mean @ vectors).astype(np.float32)
     return y, float(values[0])
+
+
+def _block_gram(rows: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums (float64; ``x.mean`` would copy all of ``x`` to float64) and ``xᵀx`` of one dense row chunk."""
+    block = rows.toarray()
+    return block.sum(axis=0, dtype=np.float64), block.T @ block
 
 
 def sample_subgraph(

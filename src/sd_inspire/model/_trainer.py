@@ -98,7 +98,8 @@ class Trainer:
         s = torch.as_tensor(d.slices[idx], device=dev)
         out = {
             "h_seed": self._features[torch.as_tensor(idx, device=dev)],
-            "counts": torch.as_tensor(counts.toarray(), device=dev),
+            # a copy in torch's own (aligned) memory: SIMD reductions then sum in the same order on every run
+            "counts": torch.tensor(counts.toarray(), device=dev),
             "library": torch.as_tensor(d.library[idx], device=dev),
             "saturated": torch.as_tensor(d.saturated[idx], device=dev),
             "s": s,

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from sd_inspire._chunks import is_lazy, row_blocks
+from sd_inspire._chunks import is_lazy, map_row_blocks, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
@@ -275,33 +275,54 @@ def _scan(
     thresholds: tuple[int, int, float | None],
 ) -> _Scan:
     """One pass over ``counts`` in row blocks: validation, spot QC and the kept spots' gene sums per slice."""
-    min_counts, min_genes, max_pct_mito = thresholds
     n, n_genes = counts.shape
     total, n_detected, pct_mito = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
     keep = np.zeros(n, dtype=bool)
     sums, squares = np.zeros((n_slices, n_genes)), np.zeros((n_slices, n_genes))
     detected = np.zeros((n_slices, n_genes), dtype=np.int64)
-    is_integer, mito_cols = True, np.flatnonzero(mito)
-    for start, stop, block in row_blocks(counts):
-        is_integer &= check_counts(block, source)
-        block.sum_duplicates()
-        tot = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
-        det = np.diff(block.indptr)
-        mt = np.asarray(block[:, mito_cols].sum(axis=1, dtype=np.float64)).ravel()
-        pct = np.divide(100 * mt, tot, out=np.zeros_like(tot), where=tot > 0)
-        ok = (tot >= min_counts) & (det >= min_genes)
-        if max_pct_mito is not None:
-            ok &= pct <= max_pct_mito
+    is_integer = True
+    blocks = map_row_blocks(
+        counts, _scan_block, rows=(codes,), args=(np.flatnonzero(mito), n_slices, thresholds, source)
+    )
+    for start, stop, (integer, tot, det, pct, ok, sums_b, squares_b, detected_b) in blocks:
+        is_integer &= integer
         total[start:stop], n_detected[start:stop], pct_mito[start:stop], keep[start:stop] = tot, det, pct, ok
-        block_codes = codes[start:stop]
-        for k in np.unique(block_codes[ok]):
-            rows = block[ok & (block_codes == k)]
-            col = rows.indices
-            sums[k] += np.bincount(col, weights=rows.data, minlength=n_genes)
-            squares[k] += np.bincount(col, weights=rows.data.astype(np.float64) ** 2, minlength=n_genes)
-            detected[k] += np.bincount(col[rows.data > 0], minlength=n_genes)
+        sums += sums_b
+        squares += squares_b
+        detected += detected_b
     n_spots = np.bincount(codes[keep], minlength=n_slices)
     return _Scan(bool(is_integer), total, n_detected, pct_mito, keep, n_spots, sums, squares, detected)
+
+
+def _scan_block(
+    block: sparse.csr_matrix,
+    block_codes: np.ndarray,
+    mito_cols: np.ndarray,
+    n_slices: int,
+    thresholds: tuple[int, int, float | None],
+    source: str,
+) -> tuple:
+    """:func:`_scan` on one row block: its QC values, and its kept spots' gene sums per slice."""
+    min_counts, min_genes, max_pct_mito = thresholds
+    n_genes = block.shape[1]
+    integer = check_counts(block, source)
+    block.sum_duplicates()
+    tot = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+    det = np.diff(block.indptr)
+    mt = np.asarray(block[:, mito_cols].sum(axis=1, dtype=np.float64)).ravel()
+    pct = np.divide(100 * mt, tot, out=np.zeros_like(tot), where=tot > 0)
+    ok = (tot >= min_counts) & (det >= min_genes)
+    if max_pct_mito is not None:
+        ok &= pct <= max_pct_mito
+    sums, squares = np.zeros((n_slices, n_genes)), np.zeros((n_slices, n_genes))
+    detected = np.zeros((n_slices, n_genes), dtype=np.int64)
+    for k in np.unique(block_codes[ok]):
+        rows = block[ok & (block_codes == k)]
+        col = rows.indices
+        sums[k] = np.bincount(col, weights=rows.data, minlength=n_genes)
+        squares[k] = np.bincount(col, weights=rows.data.astype(np.float64) ** 2, minlength=n_genes)
+        detected[k] = np.bincount(col[rows.data > 0], minlength=n_genes)
+    return integer, tot, det, pct, ok, sums, squares, detected
 
 
 def _seurat_v3_variances(
@@ -328,16 +349,11 @@ def _seurat_v3_variances(
         stats[k] = (n, mean, std, ok, clip)
     s1 = {k: np.zeros(n_genes) for k in stats}
     s2 = {k: np.zeros(n_genes) for k in stats}
-    for start, stop, block in row_blocks(counts):
-        block.sum_duplicates()
-        block_codes = codes[start:stop]
-        for k in np.unique(block_codes):
-            if k not in stats:
-                continue
-            rows = block[block_codes == k]
-            values = np.minimum(rows.data.astype(np.float64), stats[k][4][rows.indices])
-            s1[k] += np.bincount(rows.indices, weights=values, minlength=n_genes)
-            s2[k] += np.bincount(rows.indices, weights=values**2, minlength=n_genes)
+    clips = {k: v[4] for k, v in stats.items()}
+    for _, _, sums in map_row_blocks(counts, _clipped_sums, rows=(codes,), args=(clips,)):
+        for k, (a, b) in sums.items():
+            s1[k] += a
+            s2[k] += b
     out = {}
     for k in candidates:
         score = np.full(n_genes, -np.inf)
@@ -345,6 +361,24 @@ def _seurat_v3_variances(
             n, m, std, ok, _ = stats[k]
             score[ok] = (n * m[ok] ** 2 + s2[k][ok] - 2 * m[ok] * s1[k][ok]) / ((n - 1) * std[ok] ** 2)
         out[k] = score
+    return out
+
+
+def _clipped_sums(
+    block: sparse.csr_matrix, block_codes: np.ndarray, clips: dict[int, np.ndarray]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per slice of one row block: sums and squared sums of each gene's counts clipped at the slice's bound."""
+    block.sum_duplicates()
+    out = {}
+    for k in np.unique(block_codes):
+        if k not in clips:
+            continue
+        rows = block[block_codes == k]
+        values = np.minimum(rows.data.astype(np.float64), clips[k][rows.indices])
+        out[int(k)] = (
+            np.bincount(rows.indices, weights=values, minlength=block.shape[1]),
+            np.bincount(rows.indices, weights=values**2, minlength=block.shape[1]),
+        )
     return out
 
 
