@@ -103,7 +103,7 @@ class Trainer:
             "library": torch.as_tensor(d.library[idx], device=dev),
             "saturated": torch.as_tensor(d.saturated[idx], device=dev),
             "s": s,
-            "mask": self._mask[s],
+            "mask": self._mask,
         }
         out["h"] = (
             encoder_input(self._features, d, idx, dev, self.module.encoder.n_layers, self.config.fanout, self.rng)
