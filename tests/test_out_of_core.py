@@ -250,3 +250,20 @@ def test_preprocess_and_setup_on_a_dask_cluster(store):
     np.testing.assert_allclose(got.library, expected.library)
     np.testing.assert_allclose(got.saturated, expected.saturated, rtol=1e-5)
     np.testing.assert_allclose(got.features, expected.features, rtol=1e-4, atol=1e-4)
+
+
+def test_non_integer_out_of_core_is_transformed_as_a_whole():
+    """Normalised input: one log decision for the whole matrix, even when only one chunk holds the large values."""
+    import dask.array as da
+
+    adata = si.datasets.simulate(2, n_spots=200, n_genes=80, output="anndata", random_state=0)
+    x = adata.X.astype(np.float32) * 0.5  # non-integer
+    x[:50] = x[:50] * 40  # the maximum lies in the first chunk only
+    adata.X = x
+    lazy = adata.copy()
+    lazy.X = da.from_array(sparse.csr_matrix(x), chunks=(50, x.shape[1]), asarray=False)
+    for table in (adata, lazy):
+        with pytest.warns(UserWarning, match="non-integer"):
+            si.pp.preprocess(table, n_top_genes=40)
+    assert abs(lazy.X.compute() - adata.X).max() < 1e-6
+    assert adata.X.max() < np.log1p(x.max()) + 1e-4  # log-transformed

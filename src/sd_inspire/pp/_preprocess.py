@@ -225,10 +225,9 @@ def preprocess(
             scale = target_sum if target_sum is not None else float(np.median(total[total > 0]))
             factors = np.divide(scale, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
             adata.X = _log_normalised(counts, factors.astype(np.float32))
-        elif lazy:
-            adata.X = counts.map_blocks(_log_if_linear, dtype=np.float32)
-        else:
-            adata.X = _log_if_linear(counts)
+        else:  # one decision for the whole matrix (a block's own maximum could differ)
+            log = scan.maximum > _LOG_SCALE_MAX
+            adata.X = counts.map_blocks(_as_log, log, dtype=np.float32) if lazy else _as_log(counts, log)
         if subset:
             adata._inplace_subset_var(np.flatnonzero(hv))
         adata.uns[Key.PREPROCESS] = {
@@ -255,6 +254,7 @@ class _Scan(NamedTuple):
     """What one streamed pass over the counts gives: spot QC, and per-slice gene sums over the spots kept."""
 
     is_integer: bool
+    maximum: float
     total: np.ndarray
     n_detected: np.ndarray
     pct_mito: np.ndarray
@@ -284,14 +284,16 @@ def _scan(
     blocks = map_row_blocks(
         counts, _scan_block, rows=(codes,), args=(np.flatnonzero(mito), n_slices, thresholds, source)
     )
-    for start, stop, (integer, tot, det, pct, ok, sums_b, squares_b, detected_b) in blocks:
+    maximum = 0.0
+    for start, stop, (integer, top, tot, det, pct, ok, sums_b, squares_b, detected_b) in blocks:
         is_integer &= integer
+        maximum = max(maximum, top)
         total[start:stop], n_detected[start:stop], pct_mito[start:stop], keep[start:stop] = tot, det, pct, ok
         sums += sums_b
         squares += squares_b
         detected += detected_b
     n_spots = np.bincount(codes[keep], minlength=n_slices)
-    return _Scan(bool(is_integer), total, n_detected, pct_mito, keep, n_spots, sums, squares, detected)
+    return _Scan(bool(is_integer), maximum, total, n_detected, pct_mito, keep, n_spots, sums, squares, detected)
 
 
 def _scan_block(
@@ -322,7 +324,8 @@ def _scan_block(
         sums[k] = np.bincount(col, weights=rows.data, minlength=n_genes)
         squares[k] = np.bincount(col, weights=rows.data.astype(np.float64) ** 2, minlength=n_genes)
         detected[k] = np.bincount(col[rows.data > 0], minlength=n_genes)
-    return integer, tot, det, pct, ok, sums, squares, detected
+    top = float(block.data.max()) if block.nnz else 0.0
+    return integer, top, tot, det, pct, ok, sums, squares, detected
 
 
 def _seurat_v3_variances(
@@ -388,7 +391,7 @@ def _seurat_dispersion(x: sparse.csr_matrix) -> np.ndarray:
 
     if x.shape[1] == 0:
         return np.zeros(0)
-    tmp = AnnData(X=_log_if_linear(x))
+    tmp = AnnData(X=_as_log(x, bool(x.nnz) and float(x.max()) > _LOG_SCALE_MAX))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, flavor="seurat")
@@ -428,10 +431,10 @@ def _scale_log_block(block: Any, scale: np.ndarray) -> sparse.csr_matrix:
     return x
 
 
-def _log_if_linear(x: Any) -> sparse.csr_matrix:
-    """Non-integer input as float32 CSR, ``log1p``-transformed when its maximum suggests a linear scale."""
+def _as_log(x: Any, log: bool) -> sparse.csr_matrix:
+    """Non-integer input as float32 CSR, ``log1p``-transformed if ``log`` (normalised, but on a linear scale)."""
     x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-    if x.nnz and x.data.max() > _LOG_SCALE_MAX:  # normalised, but not yet on a log scale
+    if log:
         x.data = np.log1p(x.data)
     return x
 
