@@ -33,3 +33,16 @@ def test_two_processes_agree_with_one(tmp_path):
     assert ari(truth, one) > 0.8
     assert ari(truth, two) > ari(truth, one) - 0.1  # same quality, from each rank reading half the rows
     assert ari(one, two) > 0.75  # and the same domains
+
+
+def test_slice_smaller_than_the_number_of_processes():
+    from scipy import sparse
+
+    from sd_inspire.model._data import make_sampler
+
+    slices = np.array([0] * 10 + [1] * 2)
+    counts = sparse.csr_matrix(np.ones((12, 3), dtype=np.float32))
+    rng = np.random.default_rng(0)
+    assert make_sampler(counts, slices, 4, rng, (1, 2)).next_batch()[0].size == 5  # 4 of slice 0, 1 of slice 1
+    with pytest.raises(ValueError, match="Slice 'b' has 2 spots, fewer than the 4 training processes"):
+        make_sampler(counts, slices, 4, rng, (0, 4), ["a", "b"])

@@ -411,9 +411,25 @@ def _chunk_edges(x: Any) -> np.ndarray:
 
 
 def make_sampler(
-    counts: Any, slices: np.ndarray, per_slice: int, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+    counts: Any,
+    slices: np.ndarray,
+    per_slice: int,
+    rng: np.random.Generator,
+    shard: tuple[int, int] = (0, 1),
+    names: list[str] | None = None,
 ) -> StratifiedSampler:
-    """The minibatch sampler for counts in memory (rows drawn anywhere) or on disk (block buffer)."""
+    """The minibatch sampler for counts in memory (rows drawn anywhere) or on disk (block buffer).
+
+    Raises
+    ------
+    ValueError
+        If a slice has fewer spots than there are training processes (a rank would have nothing of it).
+    """
+    sizes = np.bincount(slices)
+    if (sizes < shard[1]).any():
+        k = int(np.argmin(sizes))
+        name = repr(names[k]) if names is not None else k
+        raise ValueError(f"Slice {name} has {int(sizes[k])} spots, fewer than the {shard[1]} training processes.")
     if is_lazy(counts):
         return BufferedSampler(slices, per_slice, rng, counts, shard)
     return StratifiedSampler(slices, per_slice, rng, counts, shard)

@@ -85,7 +85,8 @@ class Trainer:
         self.opt_disc = torch.optim.Adam(module.discriminator.parameters(), lr=config.lr, fused=True)
         # data-parallel: each rank draws its share of every minibatch from its own shard of every slice
         per_rank = max(1, -(-config.per_slice // self.world.size))
-        self.sampler = make_sampler(data.counts, data.slices, per_rank, rng, (self.world.rank, self.world.size))
+        shard = (self.world.rank, self.world.size)
+        self.sampler = make_sampler(data.counts, data.slices, per_rank, rng, shard, data.slice_names)
         self.step = 0
         self.history: dict[str, list[float]] = {}
         self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
