@@ -40,11 +40,16 @@ def read_rows(x: Any, start: int, stop: int) -> sparse.csr_matrix:
     return _as_csr(x[start:stop])
 
 
+def chunk_edges(x: Any) -> np.ndarray:
+    """Row offsets where the chunks of a dask array start, and its end (one chunk for a matrix in memory)."""
+    return np.cumsum((0, *x.chunks[0])) if is_lazy(x) else np.array([0, x.shape[0]])
+
+
 def _spans(x: Any, chunk_size: int) -> list[tuple[int, int]]:
     """Row ranges of about ``chunk_size`` rows; for a dask array, along its chunks (never splitting one)."""
     n = x.shape[0]
     if is_lazy(x):
-        bounds = np.cumsum((0, *x.chunks[0]))
+        bounds = chunk_edges(x)
         # merge the array's own chunks up to about chunk_size rows, never splitting one
         starts = [int(bounds[0])]
         for b in bounds[1:-1]:
@@ -107,13 +112,14 @@ def _apply(func: Callable[..., Any], block: Any, *args: Any) -> Any:
     return func(_as_csr(block), *args)
 
 
-def matmul_rows(x: Any, w: np.ndarray, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
-    """``x @ w`` (float32) in row blocks: memory is the output plus one block of ``x``."""
+def matmul_rows(x: Any, w: np.ndarray | sparse.spmatrix, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
+    """``x @ w`` as a dense float32 array, in row blocks of ``x``: memory is the output plus one block's product."""
     out = np.empty((x.shape[0], w.shape[1]), dtype=np.float32)
     for start, stop, product in map_row_blocks(x, _matmul, args=(w,), chunk_size=chunk_size):
         out[start:stop] = product
     return out
 
 
-def _matmul(block: sparse.csr_matrix, w: np.ndarray) -> np.ndarray:
-    return np.asarray(block @ w, dtype=np.float32)
+def _matmul(block: sparse.csr_matrix, w: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    product = block @ w
+    return np.asarray(product.toarray() if sparse.issparse(product) else product, dtype=np.float32)

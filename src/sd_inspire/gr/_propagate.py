@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
-from sd_inspire._chunks import is_lazy, row_blocks
+from sd_inspire._chunks import is_lazy, matmul_rows, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, timed
@@ -110,7 +110,7 @@ def propagate(
         a_hat = normalized_adjacency(adata.obsp[connectivity_key], normalization=normalization, self_loops=self_loops)
         out = features
         for _ in range(n_hops):
-            out = chunked_matmul(a_hat, out, chunk_size)
+            out = matmul_rows(a_hat, out, chunk_size)
         key = f"X_{key_added}"
         adata.obsm[key] = out
         adata.uns[key_added] = {
@@ -149,15 +149,6 @@ def normalized_adjacency(
     else:
         a.data *= inv[rows].astype(np.float32)
     return a
-
-
-def chunked_matmul(a: sparse.csr_matrix, x: np.ndarray | sparse.spmatrix, chunk_size: int) -> np.ndarray:
-    """``a @ x`` as a dense float32 array, ``chunk_size`` rows of ``a`` at a time."""
-    out = np.empty((a.shape[0], x.shape[1]), dtype=np.float32)
-    for start in range(0, a.shape[0], chunk_size):
-        block = a[start : start + chunk_size] @ x
-        out[start : start + chunk_size] = block.toarray() if sparse.issparse(block) else block
-    return out
 
 
 def _features(

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import linalg, sparse
 
-from sd_inspire._chunks import is_lazy, map_row_blocks, matmul_rows, read_rows
+from sd_inspire._chunks import chunk_edges, is_lazy, map_row_blocks, matmul_rows, read_rows
 from sd_inspire._constants import Key
 from sd_inspire._utils import get_slices, measured_mask
-from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
+from sd_inspire.gr._propagate import normalized_adjacency
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -123,7 +123,7 @@ def prepare(
     a_hat = normalized_adjacency(graph)
     blocks, cur = [y], y
     for _ in range(n_hops):
-        cur = chunked_matmul(a_hat, cur, chunk_size)
+        cur = matmul_rows(a_hat, cur, chunk_size)
         blocks.append(cur)
     features = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
     return ModelData(
@@ -324,7 +324,7 @@ class BufferedSampler(StratifiedSampler):
         # a rank reads whole blocks of its own: every size-th block of each slice (its rows if too few blocks)
         self.blocks = []
         for g in self.groups:
-            blocks = self._cut(g, _chunk_edges(counts))
+            blocks = self._cut(g, chunk_edges(counts))
             self.blocks.append(blocks[rank::size] if len(blocks) >= size else [b[rank::size] for b in blocks])
         self.groups = [np.concatenate(b) for b in self.blocks]
         largest = max(max(b.size for b in blocks) for blocks in self.blocks)
@@ -403,11 +403,6 @@ class BufferedSampler(StratifiedSampler):
 
     def __next__(self) -> np.ndarray:
         return self.next_batch()[0]
-
-
-def _chunk_edges(x: Any) -> np.ndarray:
-    """Row offsets where the chunks of a dask array start (one chunk for a matrix in memory), and its end."""
-    return np.cumsum((0, *x.chunks[0])) if is_lazy(x) else np.array([0, x.shape[0]])
 
 
 def make_sampler(

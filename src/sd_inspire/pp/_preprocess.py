@@ -130,10 +130,8 @@ def preprocess(
     with timed(f"Preprocessing {adata.n_obs} spots x {adata.n_vars} genes in {len(slices.cat.categories)} slices"):
         has_layer = Key.COUNTS in adata.layers
         source = f"`adata.layers[{Key.COUNTS!r}]`" if has_layer else "`adata.X`"
-        counts = adata.layers[Key.COUNTS] if has_layer else adata.X
+        counts = _counts(adata, has_layer)
         lazy = is_lazy(counts)
-        if not lazy:
-            counts = counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
         adata.var[Key.MITO] = adata.var_names.str.startswith(prefixes)
         measured = measured_mask(adata, slices)
         codes = slices.cat.codes.to_numpy()
@@ -168,9 +166,7 @@ def preprocess(
         if not keep.all():
             logger.info("QC removes %d of %d spots: %s", int((~keep).sum()), adata.n_obs, removed)
             adata._inplace_subset_obs(np.flatnonzero(keep))
-            counts = adata.layers[Key.COUNTS] if has_layer else adata.X
-            if not lazy:
-                counts = counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
+            counts = _counts(adata, has_layer)
             codes = codes[keep]
             total, n_detected, pct_mito = total[keep], n_detected[keep], pct_mito[keep]
         adata.obs[Key.TOTAL_COUNTS] = total
@@ -248,6 +244,14 @@ def preprocess(
         log_added("var", Key.HIGHLY_VARIABLE)
         log_added("uns", Key.PREPROCESS)
     return adata if copy else None
+
+
+def _counts(adata: AnnData, has_layer: bool) -> Any:
+    """The counts (``layers["counts"]`` or ``X``): CSR in memory, or the dask array of a table out of core."""
+    counts = adata.layers[Key.COUNTS] if has_layer else adata.X
+    if is_lazy(counts):
+        return counts
+    return counts.tocsr() if sparse.issparse(counts) else sparse.csr_matrix(np.asarray(counts))
 
 
 class _Scan(NamedTuple):

@@ -132,11 +132,12 @@ def domains(
                 "`sd_inspire.gr.spatial_neighbors`."
             )
     if smooth:
-        from sd_inspire.gr._propagate import chunked_matmul, normalized_adjacency
+        from sd_inspire._chunks import matmul_rows
+        from sd_inspire.gr._propagate import normalized_adjacency
 
         a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
         for _ in range(smooth):
-            x = chunked_matmul(a_mean, x, 20_000).astype(np.float64)
+            x = matmul_rows(a_mean, x, 20_000).astype(np.float64)
     if not 1 <= n_domains <= adata.n_obs:
         raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
     n_domains = int(n_domains)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from sd_inspire._chunks import is_lazy
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import get_slices, get_table, is_spatialdata
+from sd_inspire.io._zarr import check_rows_on_disk, has_lazy_matrices, write_table_parts
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -133,6 +134,8 @@ def integrate(
         logger.info("No spatial graph found: running `sd_inspire.gr.spatial_neighbors` with its defaults")
         spatial_neighbors(adata, slice_key=slice_key)
 
+    if not copy and is_spatialdata(data) and data.path is not None and has_lazy_matrices(adata):
+        check_rows_on_disk(data, _table_name(data, adata, table_key))  # before training, not after it
     with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
         model = InspireModel(
             adata,
@@ -192,29 +195,8 @@ def write_results(adata: AnnData, model: Any, key_added: str) -> None:
         log_added(where, key)
 
 
-def _has_lazy_matrices(table: AnnData) -> bool:
-    return is_lazy(table.X) or any(is_lazy(v) for v in table.layers.values())
-
-
-def _write_table_parts(sdata: SpatialData, name: str) -> None:
-    """Replace ``obs``, ``var``, ``obsm``, ``varm``, ``obsp`` and ``uns`` of an out-of-core table in its store group."""
-    import zarr
-    from anndata.io import read_elem, write_elem
-
-    table = sdata.tables[name]
-    group = zarr.open_group(Path(sdata.path) / "tables" / name, mode="r+")
-    n_on_disk = len(read_elem(group["obs"]))
-    if n_on_disk != table.n_obs:
-        raise ValueError(
-            f"Table {name!r} has {table.n_obs} rows in memory but {n_on_disk} in {str(sdata.path)!r} (spots removed "
-            "after it was opened out of core): write the SpatialData to a new store with `sdata.write(path)` instead."
-        )
-    for key in ("obs", "var", "uns"):
-        write_elem(group, key, getattr(table, key))
-    for key in ("obsm", "varm", "obsp"):
-        write_elem(group, key, dict(getattr(table, key)))
-    sdata.write_consolidated_metadata()
-    logger.info("Updated table %r in %s (its matrices on disk are left as they are)", name, sdata.path)
+def _table_name(sdata: SpatialData, table: AnnData, table_key: str | None) -> str:
+    return table_key or next(k for k, v in sdata.tables.items() if v is table)
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +228,7 @@ def _add_factor_table(
     sdata.tables[name] = table
     log_added("tables", name)
     if sdata.path is not None and write:
-        main = table_key or next(k for k, v in sdata.tables.items() if v is adata)
+        main = _table_name(sdata, adata, table_key)
         _write_into_store(sdata, [name, main])
 
 
@@ -261,8 +243,8 @@ def _write_into_store(sdata: SpatialData, names: list[str]) -> None:
         if name not in on_disk:
             sdata.write_element(name)
             continue
-        if _has_lazy_matrices(sdata.tables[name]):
-            _write_table_parts(sdata, name)
+        if has_lazy_matrices(sdata.tables[name]):
+            write_table_parts(sdata, name)
             continue
         backup = f"{name}_sd_inspire_backup"
         sdata.tables[backup] = sdata.tables[name]
