@@ -37,7 +37,7 @@ def load(folder: Path):
 
 
 def scores(table, rep: str, labels: np.ndarray, name: str, seed: int, extra: dict) -> dict:
-    from sd_inspire.tl._metrics import ari, batch_mixing, nmi, per_group_scores
+    from sd_inspire.tl.metrics import ari, batch_mixing, nmi, per_group_scores
 
     truth = table.obs["layer"].to_numpy()
     slices = table.obs["slice"].to_numpy()
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     import sd_inspire as si
     from sd_inspire.gr._propagate import normalized_adjacency
-    from sd_inspire.tl._metrics import factor_diversity
+    from sd_inspire.tl.metrics import factor_diversity
 
     if not args.data.is_dir():
         parser.error(f"no DLPFC data at {args.data}")

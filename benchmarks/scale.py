@@ -130,7 +130,7 @@ def run_size(args: argparse.Namespace) -> dict:
     """The pipeline at one size, in this process; returns one result row."""
     setup(args.threads)
     import sd_inspire as si
-    from sd_inspire.tl._metrics import ari, batch_mixing, factor_recovery
+    from sd_inspire.tl.metrics import ari, batch_mixing, factor_recovery
 
     meter = Meter()
     _instrument(meter)

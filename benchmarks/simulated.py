@@ -30,7 +30,7 @@ SCENARIOS = {
 
 
 def score(table, rep: str, labels, name: str, scenario: str, seed: int, factors=None, extra=None) -> dict:
-    from sd_inspire.tl._metrics import ari, batch_mixing, factor_recovery, nmi, per_group_scores
+    from sd_inspire.tl.metrics import ari, batch_mixing, factor_recovery, nmi, per_group_scores
 
     truth = table.obs["domain"].to_numpy()
     slices = table.obs["slice"].to_numpy()

@@ -16,7 +16,7 @@ import sd_inspire as si
 from sd_inspire._chunks import is_lazy, row_blocks
 from sd_inspire.model import InspireModel
 from sd_inspire.model._data import BufferedSampler
-from sd_inspire.tl._metrics import ari
+from sd_inspire.tl.metrics import ari
 
 
 @pytest.fixture(scope="module")

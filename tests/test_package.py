@@ -35,7 +35,7 @@ def _public_functions(namespaces):
 
 
 # functions that return something other than `AnnData | None`, or take no `copy`, by design
-RETURNS_OTHER = {"pp.concat": "SpatialData", "pl.spatial": "Figure"}
+RETURNS_OTHER = {"pp.concat": "SpatialData", **{f"pl.{n}": "Figure" for n in si.pl.__all__}}
 NO_KEY_ADDED = {"pp.concat", "pp.preprocess"}  # write documented fixed keys (scanpy's pp convention)
 
 

@@ -28,7 +28,7 @@ def test_quickstart_simulated(tmp_path, capsys):
     assert {"X_inspire", "inspire_factors"} <= set(t.obsm)
     assert t.obs["inspire_domain"].nunique() == 5
     assert set(back.tables) == {"table", "inspire_factors"}
-    for fig in ("domain", "domains", "factors"):
+    for fig in ("domain", "domains", "factors", "programs", "history"):
         assert (tmp_path / f"simulated_{fig}.png").stat().st_size > 1000
     # running again replaces the store without leaving a partial one behind
     assert _load().main(["--out", str(tmp_path), "--n-spots", "100", "--max-steps", "5"]) == 0

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     n_domains = table.obs[color].nunique()
     si.tl.domains(sdata, n_domains=n_domains, refine=3, random_state=args.seed)
-    from sd_inspire.tl._metrics import ari, batch_mixing
+    from sd_inspire.tl.metrics import ari, batch_mixing
 
     truth = table.obs[color].to_numpy()
     print(
@@ -88,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = [args.out / f"{name}_{color}.png", args.out / f"{name}_domains.png", args.out / f"{name}_factors.png"]
-    si.pl.spatial(sdata, color=color, save=figures[0])
-    si.pl.spatial(sdata, color="inspire_domain", save=figures[1])
-    strongest = int(table.obsm["inspire_factors"].var(axis=0).argmax())
-    table.obs[f"factor_{strongest}"] = table.obsm["inspire_factors"][:, strongest]
-    si.pl.spatial(sdata, color=f"factor_{strongest}", save=figures[2])
+    figures = {kind: args.out / f"{name}_{kind}.png" for kind in (color, "domains", "factors", "programs", "history")}
+    si.pl.spatial(sdata, color=color, save=figures[color])
+    si.pl.domains(sdata, reference=color, save=figures["domains"])  # domains above the reference, matched colours
+    strongest = [int(k) for k in table.obsm["inspire_factors"].var(axis=0).argsort()[::-1][:3]]
+    si.pl.factors(sdata, factors=strongest, n_genes=3, save=figures["factors"])  # all slices, one scale per factor
+    si.pl.loadings(sdata, factors=strongest, save=figures["programs"])  # their top genes
+    si.pl.history(sdata, save=figures["history"])  # training curves
     store = args.out / f"{name}.zarr"
     staging = args.out / f".{name}.zarr.partial"  # write new, then swap: a failed run leaves the old store intact
     if staging.exists():
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store)
     staging.rename(store)
     print(f"zarr store: {store.resolve()}")
-    for figure in figures:
+    for figure in figures.values():
         print(f"figure:     {figure.resolve()}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd_inspire.tl._metrics import ari
+from sd_inspire.tl.metrics import ari
 
 SCRIPT = Path(__file__).with_name("_ddp_script.py")
 

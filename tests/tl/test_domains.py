@@ -10,7 +10,7 @@ from anndata import AnnData
 
 import sd_inspire as si
 from sd_inspire.tl._domains import domains
-from sd_inspire.tl._metrics import ari
+from sd_inspire.tl.metrics import ari
 
 HAS_LEIDEN = importlib.util.find_spec("igraph") is not None and importlib.util.find_spec("leidenalg") is not None
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sd_inspire.tl._metrics import (
+from sd_inspire.tl.metrics import (
     ari,
     batch_mixing,
     factor_diversity,
@@ -217,3 +217,49 @@ def test_factor_recovery_errors_and_constant_factors():
     with pytest.raises(ValueError, match="Every column of `truth`"):
         factor_recovery(truth, np.ones((10, 3)))
     assert factor_recovery(np.ones((10, 3)), truth) == 0.0
+
+
+def test_silhouette_separated_vs_mixed():
+    from sd_inspire.tl.metrics import silhouette
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    labels = np.repeat(["a", "b"], 100)
+    assert abs(silhouette(x, labels)) < 0.1
+    x[100:] += 20
+    assert silhouette(x, labels) > 0.9
+    # missing labels are left out; subsampling is seeded
+    labels_missing = labels.astype(object)
+    labels_missing[:10] = None
+    assert silhouette(x, labels_missing) > 0.9
+    assert silhouette(x, labels, sample_size=50, random_state=1) == silhouette(
+        x, labels, sample_size=50, random_state=1
+    )
+    with pytest.raises(ValueError, match="two labels"):
+        silhouette(x, ["a"] * 200)
+
+
+def test_factor_coherence_npmi_values():
+    from scipy import sparse
+
+    from sd_inspire.tl.metrics import factor_coherence
+
+    rng = np.random.default_rng(0)
+    program = rng.random(400) < 0.4  # genes 0-2 detected together, genes 3-5 independently
+    counts = np.zeros((400, 6))
+    counts[program, :3] = 1
+    counts[:, 3:] = rng.random((400, 3)) < 0.4
+    loadings = np.zeros((6, 2))
+    loadings[:3, 0] = 1
+    loadings[3:, 1] = 1
+    one = factor_coherence(loadings[:, :1], counts, n_top=3)
+    assert one == pytest.approx(1.0)
+    two = factor_coherence(loadings[:, 1:], sparse.csr_matrix(counts), n_top=3)
+    assert abs(two) < 0.1
+    assert factor_coherence(loadings, counts, n_top=3) == pytest.approx((one + two) / 2)
+    # never together: -1
+    assert factor_coherence(np.array([[1.0], [1.0]]), np.array([[1, 0], [0, 1], [1, 0], [0, 1]]), n_top=2) == -1.0
+    with pytest.raises(ValueError, match="must match"):
+        factor_coherence(loadings, counts[:, :5], n_top=3)
+    with pytest.raises(ValueError, match="n_top"):
+        factor_coherence(loadings, counts, n_top=1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from sd_inspire.tl import metrics
+from sd_inspire.tl._align import align
 from sd_inspire.tl._domains import domains
+from sd_inspire.tl._impute import impute
 from sd_inspire.tl._integrate import integrate
 
-__all__ = ["domains", "integrate"]
+__all__ = ["align", "domains", "impute", "integrate", "metrics"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -13,12 +14,13 @@ from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import get_slices, get_table, is_spatialdata
 from sd_inspire.io._zarr import check_rows_on_disk, has_lazy_matrices, write_table_parts
+from sd_inspire.tl._ensemble import Member, combine
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from anndata import AnnData
     from spatialdata import SpatialData
+
+    from sd_inspire.tl._ensemble import Ensemble
 
 
 @d.dedent
@@ -35,6 +37,8 @@ def integrate(
     batch_size: int = 1024,
     cross_technology: bool | None = None,
     loss_weights: dict[str, float] | None = None,
+    n_models: int = 1,
+    uncertainty: bool | None = None,
     device: str = "auto",
     checkpoint_dir: str | Path | None = None,
     show_progress_bar: bool = True,
@@ -70,6 +74,16 @@ def integrate(
         Slice-aware factors; by default when ``obs["technology"]`` holds several technologies.
     loss_weights
         Weights of the objective's terms, see :meth:`sd_inspire.model.InspireModel.train`.
+    n_models
+        Train an ensemble of this many models from different seeds (the first from ``random_state``) and report
+        their average and, as per-spot uncertainty, their spread. Members are matched to the first one (gene
+        programs by the assignment of best total correlation, latent spaces by an orthogonal Procrustes rotation).
+        The run takes ``n_models`` times as long.
+    uncertainty
+        Estimate the per-spot standard deviation of the factor proportions: a Laplace approximation of each spot's
+        count likelihood around its factors (gene programs fixed), scaled by each slice's overdispersion (Pearson,
+        quasi-likelihood), plus the variance over ensemble members when ``n_models >= 2`` (law of total variance).
+        One more pass over the counts per member. ``None``: when ``n_models >= 2``.
     device
         ``"auto"`` uses a GPU when present. Launched with ``torchrun --nproc_per_node N script.py``, the same call
         trains data-parallel over the N processes (gloo on CPU, nccl on GPU): each rank draws its share of every
@@ -94,7 +108,18 @@ def integrate(
     - ``varm["{key_added}_loadings"]``: gene loadings (n_vars x n_factors, non-negative, each factor sums to 1
       over the model's genes; 0 for genes outside the model, flagged by ``var["{key_added}_gene"] == False``);
     - ``uns[key_added]``: ``params``, ``train_params``, ``genes``, ``slices``, ``slice_gene_effects`` (slices x
-      genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``.
+      genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``.
+
+    With ``uncertainty``:
+
+    - ``obsm["{key_added}_factors_sd"]``: per-spot standard deviation of each factor proportion;
+    - ``obs["{key_added}_uncertainty"]``: per spot, the root mean square of those standard deviations;
+    - ``uns[key_added]["uncertainty"]``: per slice (``"slices"``), the mean factor standard deviation and the count
+      dispersion; with an ensemble also the mean latent standard deviation and each member's mean correlation of
+      gene programs with the first (``"program_match"``).
+
+    With ``n_models >= 2``, the latent space, factors, loadings and gene effects are the ensemble's averages, and
+    ``obsm["X_{key_added}_sd"]`` holds the per-spot standard deviation over members of each latent coordinate.
 
     For a SpatialData, also a new table ``"{key_added}_factors"`` (X = factor proportions, variables
     ``"factor_0"``, ...) annotating the same shapes, for spatialdata-plot's ``render_shapes`` with
@@ -121,6 +146,10 @@ def integrate(
     table = get_table(data, table_key)
     adata = table.copy() if copy else table
     slices = get_slices(adata, slice_key)
+    if isinstance(n_models, bool) or not isinstance(n_models, int | np.integer) or n_models < 1:
+        raise ValueError(f"`n_models` must be a positive integer, got {n_models!r}.")
+    if uncertainty is None:
+        uncertainty = n_models > 1
     if len(slices.cat.categories) == 1:
         warnings.warn(
             "A single slice: nothing to align, the model trains without its adversarial term.",
@@ -137,40 +166,47 @@ def integrate(
     if not copy and is_spatialdata(data) and data.path is not None and has_lazy_matrices(adata):
         check_rows_on_disk(data, _table_name(data, adata, table_key))  # before training, not after it
     with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
-        model = InspireModel(
-            adata,
-            slice_key=slice_key,
-            n_factors=n_factors,
-            n_latent=n_latent,
-            encoder=encoder,
-            n_hops=n_hops,
-            cross_technology=cross_technology,
-            random_state=random_state,
-            device=device,
-        )
-        model.train(
-            max_steps=max_steps,
-            batch_size=batch_size,
-            loss_weights=loss_weights,
-            checkpoint_dir=checkpoint_dir,
-            show_progress_bar=show_progress_bar,
-        )
-        write_results(adata, model, key_added)
+        members, first = [], None
+        for seed in _member_seeds(random_state, n_models):
+            if n_models > 1:
+                logger.info("Training ensemble member %d of %d", len(members) + 1, n_models)
+            model = InspireModel(
+                adata,
+                slice_key=slice_key,
+                n_factors=n_factors,
+                n_latent=n_latent,
+                encoder=encoder,
+                n_hops=n_hops,
+                cross_technology=cross_technology,
+                random_state=seed,
+                device=device,
+            )
+            model.train(
+                max_steps=max_steps,
+                batch_size=batch_size,
+                loss_weights=loss_weights,
+                checkpoint_dir=_member_folder(checkpoint_dir, len(members), n_models),
+                show_progress_bar=show_progress_bar,
+            )
+            members.append(_outputs(model, uncertainty=uncertainty))
+            first = first or model  # metadata, history and the process group come from the first member
+        write_results(adata, first, key_added, combine(members))
         if not copy and is_spatialdata(data):
             # under torchrun every rank holds the same results; only rank 0 writes into a backing store
-            _add_factor_table(data, adata, key_added, table_key, write=model.world.is_main)
+            _add_factor_table(data, adata, key_added, table_key, write=first.world.is_main)
     return adata if copy else None
 
 
-def write_results(adata: AnnData, model: Any, key_added: str) -> None:
-    """Write a trained model's latent space, factors, loadings and metadata into ``adata``."""
-    latent, factors = model.get_latent(), model.get_factors()
+def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble | None = None) -> None:
+    """Write a trained model's (or an ensemble's) latent space, factors, loadings and metadata into ``adata``."""
+    if ensemble is None:
+        ensemble = combine([_outputs(model)])
     genes = pd.Index(model.data.genes)
     in_model = adata.var_names.isin(genes)
-    loadings = np.zeros((adata.n_vars, factors.shape[1]), dtype=np.float32)
-    loadings[adata.var_names.get_indexer(genes)] = model.get_loadings()
-    adata.obsm[f"X_{key_added}"] = latent
-    adata.obsm[f"{key_added}_factors"] = factors
+    loadings = np.zeros((adata.n_vars, ensemble.factors.shape[1]), dtype=np.float32)
+    loadings[adata.var_names.get_indexer(genes)] = ensemble.loadings
+    adata.obsm[f"X_{key_added}"] = ensemble.latent
+    adata.obsm[f"{key_added}_factors"] = ensemble.factors
     adata.varm[f"{key_added}_loadings"] = loadings
     adata.var[f"{key_added}_gene"] = in_model
     meta = model._metadata()
@@ -179,20 +215,78 @@ def write_results(adata: AnnData, model: Any, key_added: str) -> None:
         "train_params": _plain(model.train_params),
         "genes": np.asarray(model.data.genes, dtype=object),
         "slices": np.asarray(model.data.slice_names, dtype=object),
-        "slice_gene_effects": model.get_slice_effects(),
+        "slice_gene_effects": ensemble.slice_effects,
         "history": {k: np.asarray(v, dtype=np.float32) for k, v in model.history.items()},
         "versions": meta["versions"],
         "random_state": meta["random_state"] if meta["random_state"] is not None else -1,
         "seed": meta["seed"],
+        "n_models": len(ensemble.match) + 1,
     }
-    for where, key in (
+    written = [
         ("obsm", f"X_{key_added}"),
         ("obsm", f"{key_added}_factors"),
         ("varm", f"{key_added}_loadings"),
         ("var", f"{key_added}_gene"),
         ("uns", key_added),
-    ):
+    ]
+    # results of an earlier run under the same key that this run does not produce would no longer match
+    adata.obsm.pop(f"{key_added}_factors_sd", None)
+    adata.obsm.pop(f"X_{key_added}_sd", None)
+    adata.obs.drop(columns=f"{key_added}_uncertainty", errors="ignore", inplace=True)
+    codes, names = model.data.slices, model.data.slice_names
+    summary: dict[str, Any] = {"slices": np.asarray(names, dtype=object)}
+    if ensemble.factors_sd is not None:
+        adata.obsm[f"{key_added}_factors_sd"] = ensemble.factors_sd
+        spot = np.sqrt((ensemble.factors_sd.astype(np.float64) ** 2).mean(axis=1))
+        adata.obs[f"{key_added}_uncertainty"] = spot.astype(np.float32)
+        summary["mean_factor_sd"] = _per_slice_mean(spot, codes, len(names))
+        if ensemble.dispersion is not None:
+            summary["dispersion"] = np.asarray(ensemble.dispersion, dtype=np.float64)
+        written += [("obsm", f"{key_added}_factors_sd"), ("obs", f"{key_added}_uncertainty")]
+    if ensemble.latent_sd is not None:
+        adata.obsm[f"X_{key_added}_sd"] = ensemble.latent_sd
+        latent_spot = np.sqrt((ensemble.latent_sd.astype(np.float64) ** 2).mean(axis=1))
+        summary["mean_latent_sd"] = _per_slice_mean(latent_spot, codes, len(names))
+        summary["program_match"] = np.asarray(ensemble.match, dtype=np.float64)
+        written.append(("obsm", f"X_{key_added}_sd"))
+    if len(summary) > 1:
+        adata.uns[key_added]["uncertainty"] = summary
+    for where, key in written:
         log_added(where, key)
+
+
+def _outputs(model: Any, *, uncertainty: bool = False) -> Member:
+    """A trained model's outputs; with ``uncertainty``, the posterior variance of its factors too."""
+    member = Member(model.get_latent(), model.get_factors(), model.get_loadings(), model.get_slice_effects())
+    if uncertainty:
+        from sd_inspire.model._posterior import factor_sd
+
+        with timed("Estimating the uncertainty of the factors"):
+            data = model.data
+            sd, member.dispersion = factor_sd(
+                member.factors, member.loadings.T, member.slice_effects, data.mask, data.counts, data.slices
+            )
+        member.factors_var = sd.astype(np.float64) ** 2
+    return member
+
+
+def _per_slice_mean(values: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
+    return np.array([values[codes == k].mean() if (codes == k).any() else np.nan for k in range(n_slices)])
+
+
+def _member_folder(checkpoint_dir: str | Path | None, member: int, n_models: int) -> Path | None:
+    """Checkpoint folder of an ensemble member (the folder itself for a single model)."""
+    if checkpoint_dir is None:
+        return None
+    return Path(checkpoint_dir) if n_models == 1 else Path(checkpoint_dir) / f"member{member}"
+
+
+def _member_seeds(random_state: int | None, n_models: int) -> list[int | None]:
+    """Seeds of the ensemble's members: ``random_state`` first, then seeds derived from it (fresh with ``None``)."""
+    if random_state is None:
+        return [None] * n_models
+    extra = np.random.SeedSequence(int(random_state)).spawn(n_models - 1)
+    return [random_state, *(int(c.generate_state(1)[0] % (2**31 - 1)) for c in extra)]
 
 
 def _table_name(sdata: SpatialData, table: AnnData, table_key: str | None) -> str:

@@ -1,6 +1,8 @@
-"""Scores for benchmarks: agreement of labelings, mixing of batches, diversity and recovery of factors.
+"""Scores of an integration: agreement of labelings, separation and mixing in the latent space, factor quality.
 
-All functions take plain arrays (numpy arrays, lists, pandas Series) and return Python floats.
+The numbers reported by the benchmarks, for users' own data. Every function takes plain arrays (numpy arrays,
+lists, pandas Series, SciPy sparse matrices) and returns a Python float (or a dict of them), so they apply to any
+method's output, e.g. ``ari(adata.obs["layer"], adata.obs["inspire_domain"])``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,30 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
+
+from sd_inspire.tl._registration import (
+    RegistrationError,
+    neighbour_agreement,
+    neighbour_correlation,
+    registration_error,
+    target_registration_error,
+)
+
+__all__ = [
+    "RegistrationError",
+    "ari",
+    "batch_mixing",
+    "factor_coherence",
+    "factor_diversity",
+    "factor_recovery",
+    "nmi",
+    "neighbour_agreement",
+    "neighbour_correlation",
+    "per_group_scores",
+    "registration_error",
+    "silhouette",
+    "target_registration_error",
+]
 
 _SCORES = ("ari", "nmi")
 
@@ -41,7 +67,7 @@ def ari(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
 
     Examples
     --------
-    >>> from sd_inspire.tl._metrics import ari
+    >>> from sd_inspire.tl.metrics import ari
     >>> ari(["a", "a", "b", None], [1, 1, 2, 2])
     1.0
     """
@@ -75,7 +101,7 @@ def nmi(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
 
     Examples
     --------
-    >>> from sd_inspire.tl._metrics import nmi
+    >>> from sd_inspire.tl.metrics import nmi
     >>> nmi(["a", "a", "b", "b"], ["x", "x", "y", "y"])
     1.0
     """
@@ -116,7 +142,7 @@ def per_group_scores(
 
     Examples
     --------
-    >>> from sd_inspire.tl._metrics import per_group_scores
+    >>> from sd_inspire.tl.metrics import per_group_scores
     >>> per_group_scores(["a", "b", "a", "b"], [0, 1, 0, 0], groups=["s1", "s1", "s2", "s2"])
     {'s1': 1.0, 's2': 0.0}
     """
@@ -195,7 +221,7 @@ def batch_mixing(
     Examples
     --------
     >>> import numpy as np
-    >>> from sd_inspire.tl._metrics import batch_mixing
+    >>> from sd_inspire.tl.metrics import batch_mixing
     >>> rng = np.random.default_rng(0)
     >>> latent = rng.normal(size=(400, 5))
     >>> batches = np.repeat(["a", "b"], 200)
@@ -272,7 +298,7 @@ def factor_diversity(loadings: ArrayLike, n_top: int = 20) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from sd_inspire.tl._metrics import factor_diversity
+    >>> from sd_inspire.tl.metrics import factor_diversity
     >>> loadings = np.array([[3, 0], [2, 1], [1, 2], [0, 3]])  # 4 genes x 2 factors
     >>> factor_diversity(loadings, n_top=2)  # top genes {0, 1} and {3, 2}
     1.0
@@ -315,7 +341,7 @@ def factor_recovery(factors: ArrayLike, truth: ArrayLike) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from sd_inspire.tl._metrics import factor_recovery
+    >>> from sd_inspire.tl.metrics import factor_recovery
     >>> truth = np.random.default_rng(0).dirichlet(np.ones(3), size=50)
     >>> factor_recovery(truth[:, ::-1] * 2, truth)
     1.0
@@ -334,6 +360,131 @@ def factor_recovery(factors: ArrayLike, truth: ArrayLike) -> float:
         return 0.0
     corr = np.clip(np.abs(zf.T @ zt) / f.shape[0], 0.0, 1.0)
     return float(corr.max(axis=0).mean())
+
+
+def silhouette(
+    latent: ArrayLike, labels: ArrayLike, *, sample_size: int | None = 10_000, random_state: int | None = 0
+) -> float:
+    """Mean silhouette width of labelled groups (e.g. domains or cell types) in a latent space.
+
+    For each cell, ``(b - a) / max(a, b)`` with ``a`` its mean Euclidean distance to cells of its own label and
+    ``b`` the smallest mean distance to the cells of another label (:func:`sklearn.metrics.silhouette_score`).
+    Cells without a label are left out. The computation is quadratic in the number of cells, so above
+    ``sample_size`` cells a random subset of that size (drawn with ``random_state``) is scored.
+
+    Parameters
+    ----------
+    latent
+        Coordinates, n_cells x n_dims.
+    labels
+        Label of each cell; at least two distinct labels.
+    sample_size
+        Cells scored at most; ``None`` scores all.
+    random_state
+        Seed of the subset.
+
+    Returns
+    -------
+    The mean silhouette, from -1 (cells closer to other groups) to 1 (compact, well separated groups).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, ``latent`` has non-finite values, or fewer than two labels remain.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sd_inspire.tl.metrics import silhouette
+    >>> x = np.r_[np.zeros((20, 2)), np.ones((20, 2)) * 10] + np.random.default_rng(0).normal(0, 0.1, (40, 2))
+    >>> silhouette(x, ["a"] * 20 + ["b"] * 20) > 0.9
+    True
+    """
+    from sklearn.metrics import silhouette_score
+
+    x = _finite_2d(latent, "latent")
+    label = _as_1d(labels, "labels")
+    _check_lengths(latent=x, labels=label)
+    keep = ~_missing(label)
+    x, label = x[keep], label[keep].astype(str)
+    if np.unique(label).size < 2:
+        raise ValueError(f"`silhouette` needs at least two labels, got {np.unique(label).size}.")
+    if sample_size is not None and x.shape[0] > sample_size:
+        rows = np.random.default_rng(random_state).choice(x.shape[0], size=sample_size, replace=False)
+        x, label = x[rows], label[rows]
+    return float(silhouette_score(x, label))
+
+
+def factor_coherence(loadings: ArrayLike, counts: ArrayLike, *, n_top: int = 10) -> float:
+    """Coherence of gene programs: mean normalised pointwise mutual information (NPMI) of their top genes.
+
+    For the ``n_top`` genes with the largest loading in each factor, every pair ``(i, j)`` is scored by how often
+    the two genes are detected (count > 0) in the same spots: ``NPMI = log(p_ij / (p_i p_j)) / -log p_ij``, 1 when
+    they always occur together, 0 when independent, -1 when never together (a pair never seen together scores -1).
+    The result averages the pairs within each factor, then the factors. Programs of genes that are expressed
+    together in tissue score high; programs of unrelated genes near 0.
+
+    Parameters
+    ----------
+    loadings
+        Loadings, n_genes x n_factors (e.g. ``adata.varm["inspire_loadings"]``).
+    counts
+        Counts (or any expression where > 0 means detected), n_spots x n_genes, columns in the order of the rows
+        of ``loadings`` (dense or SciPy sparse; only the top genes' columns are read).
+    n_top
+        Top genes per factor (at least 2).
+
+    Returns
+    -------
+    The mean NPMI, in [-1, 1].
+
+    Raises
+    ------
+    ValueError
+        If the numbers of genes differ, ``n_top`` is out of range, or an input is not a finite 2D array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sd_inspire.tl.metrics import factor_coherence
+    >>> counts = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])
+    >>> together = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])  # genes 0+1 and 2+3
+    >>> apart = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])  # genes 0+2 and 1+3
+    >>> factor_coherence(together, counts, n_top=2) > factor_coherence(apart, counts, n_top=2)
+    True
+    """
+    from scipy import sparse
+
+    w = _finite_2d(loadings, "loadings")
+    n_genes, n_factors = w.shape
+    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or not 2 <= n_top <= n_genes:
+        raise ValueError(f"`n_top` must be an integer between 2 and the number of genes ({n_genes}), got {n_top!r}.")
+    if counts is None or len(getattr(counts, "shape", ())) != 2:
+        raise ValueError("`counts` must be a 2D array (spots x genes).")
+    if counts.shape[1] != n_genes:
+        raise ValueError(
+            f"`counts` has {counts.shape[1]} genes (columns) but `loadings` has {n_genes} (rows); they must match."
+        )
+    top = np.argsort(-w, axis=0, kind="stable")[:n_top]  # n_top x n_factors
+    genes = np.unique(top)
+    sub = counts[:, genes] if sparse.issparse(counts) else np.asarray(counts)[:, genes]
+    detected = sparse.csr_matrix(sub > 0, dtype=np.float64)
+    n_spots = detected.shape[0]
+    joint = np.asarray((detected.T @ detected).todense()) / max(n_spots, 1)  # genes x genes co-detection
+    marginal = np.diag(joint)
+    pos = {g: k for k, g in enumerate(genes)}
+    scores = []
+    for f in range(n_factors):
+        idx = np.array([pos[g] for g in top[:, f]])
+        i, j = np.triu_indices(idx.size, k=1)
+        p_ij = joint[idx[i], idx[j]]
+        p_i, p_j = marginal[idx[i]], marginal[idx[j]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            npmi = np.log(p_ij / (p_i * p_j)) / -np.log(p_ij)
+        npmi = np.where(p_ij <= 0, -1.0, npmi)
+        npmi = np.where(p_ij >= 1, 1.0, npmi)  # detected everywhere: perfectly together
+        scores.append(float(np.nanmean(npmi)))
+    return float(np.mean(scores))
 
 
 def _standardize(x: np.ndarray) -> np.ndarray:

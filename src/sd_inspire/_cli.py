@@ -1,0 +1,652 @@
+"""The command line ``sd-inspire``: vendor outputs into a zarr store, and the integration of stores.
+
+``sd-inspire read`` reads Visium, Stereo-seq, Slide-seq or MERFISH outputs with :func:`sd_inspire.io.read` and
+writes one SpatialData zarr store; ``sd-inspire integrate`` runs :func:`sd_inspire.tl.integrate` (and optionally
+:func:`sd_inspire.tl.domains`) on stores and writes the annotated store. ``python -m sd_inspire`` is the same
+program. Heavy packages (spatialdata, torch, matplotlib) are imported inside the commands, so ``--help`` answers
+without loading them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    import numpy as np
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+PROG = "sd-inspire"
+TECHNOLOGIES = ("visium", "stereoseq", "slideseq", "merfish")
+#: Exit status of an error the user can fix (wrong path, unreadable file, bad value); argparse uses 2 for usage.
+EXIT_ERROR = 1
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+_TABLE = "table"
+_SLICE = "slice"
+_KEY = "inspire"  # key_added of tl.integrate
+_DOMAIN_KEY = "inspire_domain"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+#: Factors drawn in the figures: those with the largest variance over spots.
+_FIGURE_FACTORS = 6
+#: Suffixes dropped from a file name to name its slice (``sample.gem.gz`` -> ``sample``).
+_FILE_SUFFIXES = (".gz", ".gem", ".gef", ".cellbin", ".csv", ".tsv", ".h5ad", ".h5")
+#: ``var`` columns and ``uns`` keys of an earlier preprocessing, dropped when stores are combined from raw counts.
+_PREPROCESS_VAR = ("highly_variable", "highly_variable_rank", "highly_variable_nbatches", "n_slices_measured")
+_PREPROCESS_UNS = ("preprocess", "spatial_neighbors")
+#: Known, harmless notices of the stack underneath (the package's own warnings are shown).
+_QUIET_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    ("zarr v3 autosharding", UserWarning, ""),
+    (".*[Cc]onsolidated metadata", UserWarning, ""),
+    (".*Converting `region_key", UserWarning, ""),
+    (".*The table is annotating", UserWarning, ""),
+    ("", SyntaxWarning, "docrep"),
+    ("", FutureWarning, "squidpy"),
+    ("", DeprecationWarning, "torch_geometric"),
+)
+
+_DESCRIPTION = """\
+Integrate spatial transcriptomics slices (10x Visium, Stereo-seq, Slide-seq,
+MERFISH) into one latent space and one non-negative factorisation (INSPIRE),
+on SpatialData zarr stores. Run `sd-inspire COMMAND --help` for the options of
+a command."""
+
+_EPILOG = """\
+examples:
+  sd-inspire read DLPFC/151673 DLPFC/151674 -o dlpfc.zarr
+  sd-inspire integrate dlpfc.zarr -o dlpfc_inspire.zarr --n-domains 7 \\
+      --figures figures
+  python -m sd_inspire integrate --help
+
+exit status: 0 on success, 1 for a wrong path, an unreadable file or a bad
+value, 2 for a usage error, 130 when interrupted. Errors are one line on
+stderr; --debug shows the Python traceback instead."""
+
+_READ_DESCRIPTION = """\
+Read vendor outputs into one SpatialData zarr store. Each PATH is one slice;
+its technology is detected from the files present (--technology forces one):
+
+  visium     a Space Ranger outs/ folder (or the folder holding it): spatial/
+             (scale factors, tissue positions) and a count matrix
+             (filtered_feature_bc_matrix.h5 or a MatrixMarket folder)
+  stereoseq  a GEM (.gem, .gem.gz) or GEF (.gef, .cellbin.gef) file, or a
+             folder holding one
+  slideseq   a bead locations csv with counts (DGE csv/tsv, mtx or h5ad)
+  merfish    a MERSCOPE *cell_by_gene.csv with *cell_metadata.csv
+
+The slices go into table "table": raw counts over the union of genes,
+obs["slice"], obs["technology"], obsm["spatial"] in each slice's own frame,
+and one shapes element per slice."""
+
+_READ_EPILOG = """\
+Slices are named by --name, else by their folder ("outs" counts as its
+parent) or their file name.
+
+examples:
+  sd-inspire read DLPFC/151673 -o 151673.zarr
+  sd-inspire read DLPFC/151673 DLPFC/151674 --name A B -o dlpfc.zarr
+  sd-inspire read run1/sample.gem.gz --technology stereoseq -o stereo.zarr"""
+
+_INTEGRATE_DESCRIPTION = """\
+Integrate the slices of one or more zarr stores (as `sd-inspire read` writes
+them) with INSPIRE and write the annotated store to OUT. Steps not run yet run
+with their defaults: preprocessing (QC, highly variable genes per slice,
+normalisation; raw counts kept in layers["counts"]) and the spatial graph of
+each slice. Several stores are combined slice by slice from their raw counts
+(preprocessing and graph are then redone). Input stores are never modified."""
+
+_INTEGRATE_EPILOG = """\
+written into OUT, table "table":
+  obsm["X_inspire"]         latent representation (spots x --n-latent)
+  obsm["inspire_factors"]   spatial factor proportions (rows sum to 1)
+  varm["inspire_loadings"]  gene programs (genes x --n-factors)
+  var["inspire_gene"]       genes in the model
+  uns["inspire"]            parameters, genes, slice gene effects, history
+  obs["inspire_domain"]     spatial domains (with --n-domains)
+and table "inspire_factors": factor proportions annotating the same shapes.
+--figures DIR writes factors.png, programs.png, history.png and, with
+--n-domains, domains.png.
+
+examples:
+  sd-inspire integrate dlpfc.zarr -o dlpfc_inspire.zarr --n-domains 7
+  sd-inspire integrate a.zarr b.zarr -o ab.zarr --max-steps 500 \\
+      --figures figures --overwrite
+  sd-inspire integrate big.zarr -o big_inspire.zarr --device cuda"""
+
+
+class CLIError(Exception):
+    """An error reported to the user as one line, exit status 1."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``sd-inspire``.
+
+    Parameters
+    ----------
+    argv
+        Arguments after the program name; ``None`` takes them from :data:`sys.argv`.
+
+    Returns
+    -------
+    The exit status: 0 on success, 1 for an error the user can fix (a path that does not exist, a file that cannot
+    be read or is not recognised, a bad value, an output that exists without ``--overwrite``), 2 for a usage error,
+    130 when interrupted. An error is reported as one line ``sd-inspire: error: ...`` on stderr; with ``--debug``
+    it is raised instead, with its traceback.
+
+    Examples
+    --------
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    sd-inspire ...
+    0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        return _exit_code(exit_.code)
+    logger = logging.getLogger("sd_inspire")
+    previous = logger.level
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message, category, module in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category, module=module)
+            warnings.showwarning = _show_warning
+            return int(args.run(args))
+    except SystemExit as exit_:  # a usage error found after parsing (args.parser.error)
+        return _exit_code(exit_.code)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _stderr(f"{PROG}: interrupted")
+        return EXIT_INTERRUPTED
+    except (CLIError, ValueError, KeyError, FileNotFoundError, OSError) as err:
+        if args.debug:
+            raise
+        _stderr(f"{PROG}: error: {_one_line(err)}")
+        return EXIT_ERROR
+    finally:
+        logger.setLevel(previous)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sd-inspire`` and its subcommands."""
+    parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log each step (the package's INFO messages)")
+    common.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    commands = parser.add_subparsers(title="commands", dest="COMMAND", required=True)
+
+    read = commands.add_parser(
+        "read",
+        parents=[common],
+        help="read vendor outputs into a SpatialData zarr store",
+        description=_READ_DESCRIPTION,
+        epilog=_READ_EPILOG,
+        formatter_class=_Formatter,
+    )
+    read.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="vendor folder or file, one per slice")
+    read.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
+    read.add_argument("--technology", choices=TECHNOLOGIES, help="force a reader for every PATH (default: detect)")
+    read.add_argument(
+        "--name",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="slice names, one per PATH, in order (default: the folder or file names)",
+    )
+    read.add_argument("--no-images", action="store_true", help="leave out tissue images (Visium)")
+    read.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    read.set_defaults(run=_read, parser=read)
+
+    integrate = commands.add_parser(
+        "integrate",
+        parents=[common],
+        help="integrate the slices of zarr stores with INSPIRE",
+        description=_INTEGRATE_DESCRIPTION,
+        epilog=_INTEGRATE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    integrate.add_argument("stores", nargs="+", type=Path, metavar="IN.zarr", help="zarr store(s) to integrate")
+    integrate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
+    integrate.add_argument(
+        "--n-factors", type=int, default=20, metavar="F", help="spatial factors / gene programs (default: 20)"
+    )
+    integrate.add_argument("--n-latent", type=int, default=32, metavar="D", help="latent dimensions (default: 32)")
+    integrate.add_argument("--n-domains", type=int, metavar="K", help="also cluster K spatial domains (GMM)")
+    integrate.add_argument(
+        "--max-steps", type=int, metavar="N", help="training steps (default: from the data size, 600 to 3000)"
+    )
+    integrate.add_argument(
+        "--batch-size", type=int, default=1024, metavar="N", help="spots per minibatch (default: 1024)"
+    )
+    integrate.add_argument(
+        "--n-models", type=int, default=1, metavar="N", help="ensemble of N models, with uncertainty (default: 1)"
+    )
+    integrate.add_argument("--seed", type=int, default=0, help="random seed of model and domains (default: 0)")
+    integrate.add_argument(
+        "--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N or mps (default: auto)"
+    )
+    integrate.add_argument("--figures", type=Path, metavar="DIR", help="write PNG figures into DIR")
+    integrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    integrate.add_argument("--overwrite", action="store_true", help="replace OUT (and figures) if they exist")
+    integrate.set_defaults(run=_integrate, parser=integrate)
+    return parser
+
+
+# --- read --------------------------------------------------------------------------------------------------------
+
+
+def _read(args: argparse.Namespace) -> int:
+    paths: list[Path] = args.paths
+    names: list[str] = args.name if args.name else [_slice_name(p) for p in paths]
+    if len(names) != len(paths):
+        _usage(args, f"--name gives {len(names)} names for {len(paths)} paths; give one per PATH")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CLIError(f"slice names repeat ({', '.join(repeated)}); name the slices with --name")
+    for path in paths:
+        _require_exists(path)
+    _check_output(args.output, overwrite=args.overwrite)
+
+    import sd_inspire as si
+
+    slices = {}
+    for path, name in zip(paths, names, strict=True):
+        with _reading(path):
+            sdata = si.io.read(path, technology=args.technology, dataset_id=name)
+        if args.no_images:
+            for image in list(sdata.images):
+                del sdata.images[image]
+        slices[name] = sdata
+    sdata = si.pp.concat(slices)
+    table = sdata[_TABLE]
+    measured = table.varm["measured"]
+    technology = table.obs.groupby(_SLICE, observed=True)["technology"].first()
+    spots = table.obs[_SLICE].value_counts()
+    _write_store(sdata, args.output)
+    for path, name in zip(paths, names, strict=True):
+        _stdout(
+            f"{name}: {int(spots[name])} spots x {int(measured[name].sum())} genes ({technology[name]}) from {path}"
+        )
+    _stdout(
+        f"wrote {_absolute(args.output)} ({len(names)} slice{'s' * (len(names) > 1)}, {table.n_obs} spots, "
+        f"{table.n_vars} genes)"
+    )
+    return 0
+
+
+def _slice_name(path: Path) -> str:
+    """A slice's default name: its folder (``outs`` counts as its parent) or its file name without suffixes."""
+    path = _absolute(path)
+    if path.is_dir():
+        return path.parent.name if path.name == "outs" else path.name
+    name = path.name
+    while any(name.endswith(s) for s in _FILE_SUFFIXES):
+        name = name[: name.rindex(".")]
+    return name or path.name
+
+
+# --- integrate ---------------------------------------------------------------------------------------------------
+
+
+def _integrate(args: argparse.Namespace) -> int:
+    for option in ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    if not _DEVICE.fullmatch(args.device):
+        raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    for store in args.stores:
+        _require_exists(store)
+    _check_output(args.output, overwrite=args.overwrite)
+    figure_names = ["factors", "programs", "history"] + (["domains"] if args.n_domains else [])
+    figures = _prepare_figures(args.figures, figure_names, overwrite=args.overwrite) if args.figures else []
+
+    import sd_inspire as si
+
+    sdata = _load_stores(args.stores)
+    before = _keys(sdata)
+    if not args.n_domains and _DOMAIN_KEY in sdata[_TABLE].obs:
+        _stderr(
+            f"{PROG}: warning: obs[{_DOMAIN_KEY!r}] is from an earlier run and is kept as it is; "
+            "pass --n-domains to recompute it"
+        )
+    start = time.perf_counter()
+    si.tl.integrate(
+        sdata,
+        n_factors=args.n_factors,
+        n_latent=args.n_latent,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        n_models=args.n_models,
+        device=args.device,
+        random_state=args.seed,
+        show_progress_bar=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    if args.n_domains:
+        si.tl.domains(sdata, n_domains=args.n_domains, random_state=args.seed)
+    written = _written(before, _keys(sdata), domains=bool(args.n_domains))
+    _write_store(sdata, args.output)
+    for path in figures:
+        _draw(sdata, path)
+    _summary(sdata, args, seconds, written, figures)
+    return 0
+
+
+def _load_stores(paths: Sequence[Path]) -> SpatialData:
+    """One SpatialData with table ``"table"`` and ``obs["slice"]``; several stores are combined slice by slice."""
+    import sd_inspire as si
+
+    loaded = []
+    for path in paths:
+        with _reading(path):
+            sdata = si.io.read_zarr(path)
+        sdata.path = None  # results go to the output store only, never into an input
+        if _TABLE not in sdata.tables:
+            raise CLIError(
+                f"{path}: the store has no table {_TABLE!r} (tables: {sorted(sdata.tables)}); "
+                "write stores with `sd-inspire read`"
+            )
+        loaded.append(sdata)
+    if len(loaded) == 1 and _SLICE in loaded[0][_TABLE].obs:
+        return loaded[0]
+    slices: dict[str, SpatialData] = {}
+    for path, sdata in zip(paths, loaded, strict=True):
+        store = _slice_name(path).removesuffix(".zarr")
+        for name, part in _split_slices(sdata, store, raw=len(loaded) > 1).items():
+            key = name if name not in slices else f"{store}_{name}"
+            if key in slices:
+                raise CLIError(f"{path}: slice {name!r} is in more than one store; rename the stores")
+            slices[key] = part
+    obs_names = [n for part in slices.values() for n in part[_TABLE].obs_names]
+    return si.pp.concat(slices, index_unique=None if len(set(obs_names)) == len(obs_names) else "-")
+
+
+def _split_slices(sdata: SpatialData, store: str, *, raw: bool) -> dict[str, SpatialData]:
+    """The slices of a store (by ``obs["slice"]``; the whole store if it has none), each with its own elements.
+
+    With ``raw``, each table is reset to its raw counts (``layers["counts"]`` if present) without the results of an
+    earlier preprocessing, so that the combined table is preprocessed as one.
+    """
+    import pandas as pd
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    table = sdata[_TABLE]
+    attrs = table.uns.get(TableModel.ATTRS_KEY) or {}
+    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    if region_key not in table.obs or instance_key not in table.obs:  # pp.concat explains what is missing
+        tables = {_TABLE: _raw(table.copy()) if raw else table}
+        return {store: SpatialData(**_elements(sdata, lambda _: True), tables=tables)}
+    slice_of = table.obs[_SLICE].astype(str) if _SLICE in table.obs else pd.Series(store, index=table.obs_names)
+    out = {}
+    for name in pd.unique(slice_of):
+        rows = (slice_of == name).to_numpy()
+        part = table[rows].copy() if not rows.all() else table.copy()
+        if raw:
+            part = _raw(part)
+        regions = [str(r) for r in pd.unique(part.obs[region_key].astype(str))]
+        part.obs[region_key] = pd.Categorical(part.obs[region_key].astype(str), categories=regions)
+        part.uns.pop(TableModel.ATTRS_KEY, None)
+        part = TableModel.parse(part, region=regions, region_key=region_key, instance_key=instance_key)
+        if rows.all():
+            elements = _elements(sdata, lambda _: True)
+        else:
+            elements = _elements(sdata, lambda el, n=name, r=regions: el in r or el == n or el.startswith(f"{n}_"))
+        out[name] = SpatialData(**elements, tables={_TABLE: part})
+    return out
+
+
+def _elements(sdata: SpatialData, keep: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+    elements: dict[str, dict[str, Any]] = {}
+    for kind, name, element in sdata.gen_spatial_elements():
+        if keep(name):
+            elements.setdefault(kind, {})[name] = element
+    return elements
+
+
+def _raw(table: AnnData) -> AnnData:
+    """The table with raw counts in ``X``, without layers, preprocessing columns or earlier results."""
+    if "counts" in table.layers:
+        table.X = table.layers["counts"]
+    for layer in list(table.layers):
+        del table.layers[layer]
+    drop = [c for c in table.var.columns if c in _PREPROCESS_VAR or c.startswith(_KEY)]
+    table.var = table.var.drop(columns=drop)
+    for key in list(table.uns):
+        if key in _PREPROCESS_UNS or key.startswith(_KEY):
+            del table.uns[key]
+    for key in list(table.obsp):
+        del table.obsp[key]
+    return table
+
+
+def _keys(sdata: SpatialData) -> dict[str, set[str]]:
+    table = sdata[_TABLE]
+    keys = {"tables": set(sdata.tables), "obs": set(table.obs.columns), "var": set(table.var.columns)}
+    for where in ("obsm", "varm", "obsp", "layers", "uns"):
+        keys[where] = set(getattr(table, where).keys())
+    return keys
+
+
+def _written(before: dict[str, set[str]], after: dict[str, set[str]], *, domains: bool) -> dict[str, list[str]]:
+    """Keys that are new, or rewritten by ``tl.integrate`` (and ``tl.domains``): names starting with ``inspire``."""
+
+    def rewritten(key: str) -> bool:
+        return key.startswith((_KEY, f"X_{_KEY}")) and (domains or not key.startswith(_DOMAIN_KEY))
+
+    out = {}
+    for where, keys in after.items():
+        new = sorted(k for k in keys if k not in before[where] or rewritten(k))
+        if new:
+            out[where] = new
+    return out
+
+
+def _summary(
+    sdata: SpatialData, args: argparse.Namespace, seconds: float, written: dict[str, list[str]], figures: list[Path]
+) -> None:
+    table = sdata[_TABLE]
+    uns = table.uns[_KEY]
+    spots = table.obs[_SLICE].value_counts(sort=False)
+    per_slice = ", ".join(f"{name}: {int(n)}" for name, n in spots.items())
+    _stdout(
+        f"integrated {table.n_obs} spots in {len(spots)} slice{'s' * (len(spots) != 1)} ({per_slice}); {len(uns['genes'])} genes in the "
+        f"model (of {table.n_vars})"
+    )
+    history = {k: v for k, v in uns["history"].items() if not k.startswith("_")}
+    history = {k: history[k] for k in sorted(history, key=lambda k: k != "loss")}  # the total first
+    n_steps = len(next(iter(history.values()), []))
+    train = float(sum(uns["history"].get("_seconds", [0.0])))
+    per_model = f" per model, {args.n_models} models" if args.n_models > 1 else ""
+    _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; integrate took {seconds:.1f} s in all")
+    _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
+    if args.n_domains:
+        sizes = table.obs[_DOMAIN_KEY].value_counts().sort_index()
+        _stdout(
+            f"domains: {len(sizes)} in obs[{_DOMAIN_KEY!r}] (" + ", ".join(f"{d}: {n}" for d, n in sizes.items()) + ")"
+        )
+    _stdout("keys written:")
+    for where, keys in written.items():
+        prefix = "tables" if where == "tables" else f"table.{where}"
+        _stdout(f"  {prefix}: {', '.join(keys)}")
+    for path in figures:
+        _stdout(f"figure: {path}")
+    _stdout(f"wrote {_absolute(args.output)}")
+
+
+def _last(values: np.ndarray | Sequence[float]) -> float:
+    return float(values[-1]) if len(values) else float("nan")
+
+
+def _prepare_figures(folder: Path, names: Sequence[str], *, overwrite: bool) -> list[Path]:
+    """Create the figure folder and return the figure paths; refuse to replace figures without ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--figures {folder}: exists and is not a folder")
+    paths = [_absolute(folder) / f"{name}.png" for name in names]
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise CLIError(f"--figures {folder}: {', '.join(existing)} exist; pass --overwrite to replace them")
+    folder.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def _draw(sdata: SpatialData, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import sd_inspire as si
+
+    factors = np.asarray(sdata[_TABLE].obsm[f"{_KEY}_factors"])
+    strongest = [int(k) for k in np.argsort(factors.var(axis=0))[::-1][:_FIGURE_FACTORS]]
+    draw = {
+        "factors": lambda: si.pl.factors(sdata, factors=strongest, n_genes=3, save=path),
+        "programs": lambda: si.pl.loadings(sdata, factors=strongest, save=path),
+        "history": lambda: si.pl.history(sdata, save=path),
+        "domains": lambda: si.pl.domains(sdata, key=_DOMAIN_KEY, save=path),
+    }[path.stem]
+    plt.close(draw())
+
+
+# --- shared helpers ----------------------------------------------------------------------------------------------
+
+
+def _require_exists(path: Path) -> None:
+    if not path.exists():
+        raise CLIError(f"{path}: no such file or folder")
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+def _check_output(path: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite``, and never replace a folder that is not a zarr store."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise CLIError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir() and not _is_zarr_store(path):
+        raise CLIError(f"{path} is a folder but not a zarr store; refusing to replace it")
+
+
+def _write_store(sdata: SpatialData, path: Path) -> None:
+    """Write a new store next to ``path``, then swap it in: an interrupted write never leaves a half-written store."""
+    path = _absolute(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    backup = path.parent / f".{path.name}.old-{os.getpid()}"
+    _remove(staging)
+    try:
+        sdata.write(staging)
+    except BaseException:
+        _remove(staging)
+        raise
+    replaced = path.exists() or path.is_symlink()
+    if replaced:
+        path.rename(backup)
+    try:
+        staging.rename(path)
+    except BaseException:
+        if replaced:
+            backup.rename(path)
+        _remove(staging)
+        raise
+    if replaced:
+        _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Name ``path`` in the message of a reading error that does not name it already."""
+    try:
+        yield
+    except (ValueError, KeyError, OSError) as err:
+        message = _one_line(err)
+        if str(path) in message:
+            raise
+        raise CLIError(f"cannot read {path}: {message}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]
+    else:
+        text = str(err)
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    text = " ".join(text.split())
+    return text or type(err).__name__
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    args.parser.error(message)
+    raise AssertionError  # pragma: no cover - argparse exits
+
+
+def _exit_code(code: int | str | None) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    _stderr(str(code))
+    return EXIT_ERROR
+
+
+def _version() -> str:
+    from sd_inspire import __version__
+
+    return __version__
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    _stderr(f"{PROG}: warning: {' '.join(str(message).split())}")

@@ -1,0 +1,132 @@
+"""Training curves of the loss terms recorded by ``tl.integrate``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sd_inspire._docs import d
+from sd_inspire._utils import get_table
+from sd_inspire.pl._base import finish, panel_grid, require
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
+
+
+@d.dedent
+def history(
+    data: AnnData | SpatialData,
+    *,
+    key: str = "inspire",
+    terms: str | Sequence[str] | None = None,
+    table_key: str | None = None,
+    smooth: int | None = None,
+    log: bool = False,
+    ncols: int = 4,
+    panel_size: float = 3.0,
+    save: str | Path | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Plot the training curves of the loss terms: one panel per term, raw and smoothed.
+
+    Each panel shows a term of ``uns[key]["history"]`` (one value per training step) as a thin, light line, and its
+    centred moving average as a solid line of the same colour.
+
+    Parameters
+    ----------
+    %(data)s
+    key
+        Key of :attr:`~anndata.AnnData.uns` written by :func:`sd_inspire.tl.integrate` (its ``key_added``).
+    terms
+        Term or terms to draw, in this order; ``None`` draws every term recorded per step (entries whose names
+        start with ``_``, such as the training time ``"_seconds"``, are left out).
+    %(table_key)s
+    smooth
+        Width in steps of the moving average (shrunk at both ends of the curve); ``None`` takes about 5%% of the
+        steps; ``0`` or ``1`` draws the raw curves only.
+    log
+        Logarithmic y axes for the terms whose values are all positive (others keep a linear axis).
+    ncols
+        Panels per row.
+    panel_size
+        Width and height of a panel in inches.
+    save
+        Write the figure to this path (format from the suffix).
+    dpi
+        Resolution when saving.
+
+    Returns
+    -------
+    The matplotlib figure, one axis per term titled with its name. Its lines are the raw curve (x: steps from 1)
+    and, when smoothing, the moving average.
+
+    Raises
+    ------
+    KeyError
+        If ``uns[key]`` or its ``"history"`` is missing, or a term is not in it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anndata import AnnData
+    >>> import sd_inspire as si
+    >>> adata = AnnData(np.zeros((2, 2), dtype=np.float32))
+    >>> steps = np.arange(100)
+    >>> adata.uns["inspire"] = {"history": {"poisson": 5 * np.exp(-steps / 20), "prior": 1 / (1 + steps)}}
+    >>> fig = si.pl.history(adata, smooth=9)
+    >>> [ax.get_title() for ax in fig.axes], len(fig.axes[0].lines)
+    (['poisson', 'prior'], 2)
+    """
+    adata = get_table(data, table_key)
+    record = require(adata.uns, key, "uns", "history", "tl.integrate")
+    if not hasattr(record, "keys") or "history" not in record:
+        raise KeyError(
+            f"`adata.uns[{key!r}]` holds no training history (`'history'`): run `sd_inspire.tl.integrate` first."
+        )
+    curves = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in record["history"].items()}
+    if terms is None:
+        names = [k for k in curves if not k.startswith("_")]
+    else:
+        names = [terms] if isinstance(terms, str) else list(terms)
+        unknown = [t for t in names if t not in curves]
+        if unknown:
+            raise KeyError(f"Terms {unknown} are not in `adata.uns[{key!r}]['history']`; it holds {list(curves)}.")
+    if not names:
+        raise ValueError(f"`adata.uns[{key!r}]['history']` holds no loss terms to plot.")
+    fig, axes = panel_grid(len(names), ncols, (panel_size, panel_size * 0.8), layout="constrained")
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        y = curves[name]
+        steps = np.arange(1, len(y) + 1)
+        window = max(1, round(len(y) / 20)) if smooth is None else smooth
+        colour = f"C{i % 10}"
+        if window > 1:
+            ax.plot(steps, y, color=colour, lw=0.6, alpha=0.35, label="raw")
+            ax.plot(steps, moving_average(y, window), color=colour, lw=1.5, label=f"smoothed ({window} steps)")
+        else:
+            ax.plot(steps, y, color=colour, lw=1.0, label="raw")
+        finite = y[np.isfinite(y)]
+        if log and finite.size and (finite > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize="small", frameon=False)
+    return finish(fig, save, dpi)
+
+
+def moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of ``window`` values, shrunk at the ends; NaN and infinite values are skipped."""
+    ok = np.isfinite(y)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(ok, y, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(y))
+    lo = np.clip(i - (window - 1) // 2, 0, len(y))
+    hi = np.clip(i + window // 2 + 1, 0, len(y))
+    n = counts[hi] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), np.nan)

@@ -1,0 +1,390 @@
+"""Tests of the figures of ``sd_inspire.pl``: factors, loadings, history, domains, alignment.
+
+Inputs are built by hand (three slices on small grids, synthetic factors, loadings, history and aligned
+coordinates); nothing is trained. The image tests compare low-resolution renderings with the PNGs in
+``tests/pl/baseline/``. After an intended change of a figure, regenerate them with
+
+    SD_INSPIRE_UPDATE_BASELINES=1 .venv/bin/pytest tests/pl/test_figures.py -k image
+
+(the image tests then write their baseline and skip), look at the new PNGs, and commit them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from matplotlib.testing import set_font_settings_for_testing
+from matplotlib.testing.compare import compare_images
+
+import sd_inspire as si
+
+BASELINE = Path(__file__).parent / "baseline"
+UPDATE = os.environ.get("SD_INSPIRE_UPDATE_BASELINES", "") not in ("", "0")
+DPI = 40
+TOLERANCE = 1.0  # RMS of the pixel differences (0-255); a changed gene name in a factor label gives 1.4
+
+SLICES = ["s0", "s1", "s2"]
+NX, NY = 6, 5  # grid of each slice
+GENES = [f"g{i}" for i in range(12)]
+N_STEPS = 200
+
+
+def make_adata() -> AnnData:
+    """Three 6 x 5 grids with synthetic factors, loadings, history, domains and aligned coordinates."""
+    n = NX * NY
+    gx, gy = (a.ravel().astype(float) for a in np.meshgrid(np.arange(NX), np.arange(NY), indexing="ij"))
+    obs = pd.DataFrame(
+        {"slice": pd.Categorical(np.repeat(SLICES, n), categories=SLICES)},
+        index=[f"{s}_{i}" for s in SLICES for i in range(n)],
+    )
+    x, y = np.tile(gx, 3), np.tile(gy, 3)
+    k = np.repeat(np.arange(3), n)
+    expr = np.outer(x + 1, np.arange(1, 13)) / 10 + k[:, None]
+    adata = AnnData(expr.astype(np.float32), obs=obs, var=pd.DataFrame(index=GENES))
+    adata.obsm["spatial"] = np.column_stack([10 * x, 10 * y])
+    raw = np.column_stack([x / (NX - 1) + 0.1, y / (NY - 1) + 0.1, 0.2 * (k + 1)])
+    adata.obsm["inspire_factors"] = raw / raw.sum(1, keepdims=True)
+    adata.obsm["inspire_factors_sd"] = 0.01 + 0.02 * np.abs(x - 2.5)[:, None] * (k + 1)[:, None] * np.ones((1, 3))
+    rng = np.random.default_rng(0)
+    loadings = rng.random((len(GENES), 3))
+    loadings[-1] = 5.0  # outside the model: must never be shown
+    adata.varm["inspire_loadings"] = loadings
+    adata.var["inspire_gene"] = [True] * (len(GENES) - 1) + [False]
+    t = np.arange(N_STEPS, dtype=float)
+    adata.uns["inspire"] = {
+        "history": {
+            "poisson": 3 * np.exp(-t / 40) + 1 + 0.1 * rng.standard_normal(N_STEPS),
+            "prior": 0.5 * np.exp(-t / 80) + 0.05 * rng.random(N_STEPS),
+            "adversarial": -0.7 + 0.1 * np.sin(t / 10),
+            "loss": 3 * np.exp(-t / 40) + 0.8,
+            "_seconds": np.array([12.5]),
+        }
+    }
+    band = np.digitize(x, [2, 4])  # 0, 1, 2 along x
+    adata.obs["inspire_domain"] = pd.Categorical(band.astype(str))
+    layer = np.array(["L3", "L1", "L2"])[band]
+    layer[(x == 1) & (y == 0)] = "L1"  # a few disagreements
+    adata.obs["layer"] = pd.Categorical(layer, categories=["L1", "L2", "L3"])
+    angle = np.deg2rad(15 * k)
+    cx, cy = 10 * x - 25, 10 * y - 20
+    adata.obsm["spatial_aligned"] = np.column_stack(
+        [np.cos(angle) * cx - np.sin(angle) * cy, np.sin(angle) * cx + np.cos(angle) * cy, 10.0 * k]
+    )
+    return adata
+
+
+def to_sdata(adata: AnnData):
+    """The table with one circle shapes element per slice, each in its own coordinate system."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    table = adata.copy()
+    table.obs["region"] = pd.Categorical([f"{s}_shapes" for s in table.obs["slice"]])
+    table.obs["instance_id"] = np.tile(np.arange(NX * NY), len(SLICES))
+    shapes = {}
+    for s in SLICES:
+        xy = table.obsm["spatial"][(table.obs["slice"] == s).to_numpy()]
+        gdf = gpd.GeoDataFrame({"radius": np.full(len(xy), 4.0)}, geometry=[Point(p) for p in xy])
+        shapes[f"{s}_shapes"] = ShapesModel.parse(gdf, transformations={s: Identity()})
+    table = TableModel.parse(
+        table, region=[f"{s}_shapes" for s in SLICES], region_key="region", instance_key="instance_id"
+    )
+    return SpatialData(shapes=shapes, tables={"table": table})
+
+
+@pytest.fixture
+def adata() -> AnnData:
+    return make_adata()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def rows_of(adata: AnnData, s: str) -> np.ndarray:
+    return (adata.obs["slice"] == s).to_numpy()
+
+
+def true_top(adata: AnnData, k: int, n: int) -> list[str]:
+    """Top genes computed independently: model genes sorted by decreasing loading."""
+    load = pd.Series(adata.varm["inspire_loadings"][:, k], index=adata.var_names)[adata.var["inspire_gene"]]
+    return list(load.sort_values(ascending=False, kind="stable").index[:n])
+
+
+# --- factors
+
+
+def test_factors_grid_titles_and_row_scales(adata):
+    fig = si.pl.factors(adata, factors=[2, 0], n_genes=2, vmax=None)
+    maps = fig.axes[:6]
+    assert len(fig.axes) == 6 + 2  # 2 factors x 3 slices, one colorbar per factor row
+    assert [ax.get_title() for ax in maps[:3]] == SLICES
+    assert [ax.get_title() for ax in maps[3:]] == ["", "", ""]
+    assert maps[0].get_ylabel() == "factor_2\n" + ", ".join(true_top(adata, 2, 2))
+    assert maps[3].get_ylabel() == "factor_0\n" + ", ".join(true_top(adata, 0, 2))
+    for row, k in ((maps[:3], 2), (maps[3:], 0)):
+        values = adata.obsm["inspire_factors"][:, k]
+        norms = {(c.norm.vmin, c.norm.vmax) for ax in row for c in ax.collections}
+        assert len(norms) == 1
+        assert norms.pop() == (0.0, pytest.approx(values.max()))
+        for ax, s in zip(row, SLICES, strict=True):
+            (coll,) = ax.collections
+            np.testing.assert_allclose(coll.get_offsets(), adata.obsm["spatial"][rows_of(adata, s)])
+            np.testing.assert_allclose(coll.get_array(), values[rows_of(adata, s)])
+    assert maps[0].collections[0].norm.vmax != maps[3].collections[0].norm.vmax
+    for cbar_ax, k in zip(fig.axes[6:], [2, 0], strict=True):
+        assert cbar_ax.get_ylim()[1] == pytest.approx(adata.obsm["inspire_factors"][:, k].max())
+
+
+def test_factors_one_scale_for_the_figure(adata):
+    fig = si.pl.factors(adata, share="all", vmax="p90")
+    assert len(fig.axes) == 9 + 1
+    norms = {(c.norm.vmin, c.norm.vmax) for ax in fig.axes[:9] for c in ax.collections}
+    assert len(norms) == 1
+    assert norms.pop() == (0.0, pytest.approx(np.percentile(adata.obsm["inspire_factors"], 90)))
+    assert [ax.get_ylabel() for ax in fig.axes[:9:3]] == ["factor_0", "factor_1", "factor_2"]
+
+
+def test_factors_uncertainty_maps_and_spatialdata(adata, tmp_path):
+    sdata = to_sdata(adata)
+    fig = si.pl.factors(sdata, 1, obsm_key="inspire_factors_sd", save=tmp_path / "sd.png")
+    assert (tmp_path / "sd.png").stat().st_size > 1000
+    assert len(fig.axes) == 3 + 1
+    sd = adata.obsm["inspire_factors_sd"][:, 1]
+    for ax, s in zip(fig.axes[:3], SLICES, strict=True):
+        np.testing.assert_allclose(ax.collections[0].get_array(), sd[rows_of(adata, s)])
+    assert fig.axes[3].get_ylabel() == "inspire_factors_sd"
+
+
+@pytest.mark.filterwarnings("ignore:The set_bad function:PendingDeprecationWarning")  # spatialdata-plot 0.4
+def test_factors_real_shapes(adata):
+    pytest.importorskip("spatialdata_plot")
+    sdata = to_sdata(adata)
+    fig = si.pl.factors(sdata, [0, 1], shapes=True, vmax=None)
+    assert len(fig.axes) == 6 + 2
+    for ax, k in ((fig.axes[0], 0), (fig.axes[4], 1)):
+        (coll,) = ax.collections
+        assert len(coll.get_paths()) == NX * NY  # one circle per spot
+        assert coll.norm.vmax == pytest.approx(adata.obsm["inspire_factors"][:, k].max())
+    assert [ax.get_title() for ax in fig.axes[:3]] == SLICES
+    with pytest.raises(ValueError, match="pass the SpatialData"):
+        si.pl.factors(adata, shapes=True)
+
+
+def test_factors_errors(adata):
+    with pytest.raises(ValueError, match=r"Factors \[3, 7\] out of range: .*has 3 factors"):
+        si.pl.factors(adata, factors=[0, 3, 7])
+    with pytest.raises(ValueError, match=r"Factors \[-1\] out of range"):
+        si.pl.factors(adata, factors=-1)
+    with pytest.raises(TypeError, match="integer index"):
+        si.pl.factors(adata, factors=["factor_0"])
+    with pytest.raises(ValueError, match="`share`"):
+        si.pl.factors(adata, share="column")
+    with pytest.raises(KeyError, match=r"obsm\['other_factors'\].*run `sd_inspire.tl.integrate` first"):
+        si.pl.factors(adata, key="other")
+    del adata.obsm["inspire_factors_sd"]
+    with pytest.raises(
+        KeyError, match=r"obsm\['inspire_factors_sd'\].*run `sd_inspire.tl.integrate\(\.\.\., n_models=2\)`"
+    ):
+        si.pl.factors(adata, obsm_key="inspire_factors_sd")
+    del adata.varm["inspire_loadings"]
+    with pytest.raises(KeyError, match=r"varm\['inspire_loadings'\]"):
+        si.pl.factors(adata, n_genes=3)
+
+
+# --- loadings
+
+
+def test_loadings_bars_are_the_top_genes(adata):
+    fig = si.pl.loadings(adata, n_top=4)
+    assert [ax.get_title() for ax in fig.axes] == ["factor_0", "factor_1", "factor_2"]
+    for k, ax in enumerate(fig.axes):
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        assert names == true_top(adata, k, 4)
+        assert "g11" not in names  # outside the model despite its large loading
+        widths = [p.get_width() for p in ax.patches]
+        np.testing.assert_allclose(widths, adata[:, names].varm["inspire_loadings"][:, k])
+        assert ax.yaxis_inverted()  # largest at the top
+
+
+def test_loadings_selection_symbols_and_errors(adata):
+    adata.var["symbol"] = [g.upper() for g in GENES]
+    fig = si.pl.loadings(adata, [1], n_top=50, gene_symbols="symbol")
+    assert len(fig.axes) == 1
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [g.upper() for g in true_top(adata, 1, 11)]
+    with pytest.raises(ValueError, match=r"Factors \[3\] out of range"):
+        si.pl.loadings(adata, [3])
+    with pytest.raises(ValueError, match="n_top"):
+        si.pl.loadings(adata, n_top=0)
+    with pytest.raises(KeyError, match="'name'"):
+        si.pl.loadings(adata, gene_symbols="name")
+    with pytest.raises(KeyError, match=r"varm\['x_loadings'\].*tl.integrate"):
+        si.pl.loadings(adata, key="x")
+
+
+# --- history
+
+
+def test_history_raw_and_smoothed_curves(adata):
+    window = 15
+    fig = si.pl.history(adata, smooth=window)
+    hist = adata.uns["inspire"]["history"]
+    assert [ax.get_title() for ax in fig.axes] == ["poisson", "prior", "adversarial", "loss"]  # no "_seconds"
+    for ax in fig.axes:
+        y = hist[ax.get_title()]
+        raw, smoothed = ax.lines
+        np.testing.assert_allclose(raw.get_xdata(), np.arange(1, N_STEPS + 1))
+        np.testing.assert_allclose(raw.get_ydata(), y)
+        s = smoothed.get_ydata()
+        h = window // 2
+        np.testing.assert_allclose(s[h : N_STEPS - h], np.convolve(y, np.ones(window) / window, mode="valid"))
+        assert s[0] == pytest.approx(y[: h + 1].mean())
+        assert s[-1] == pytest.approx(y[-h - 1 :].mean())
+        assert raw.get_color() == smoothed.get_color()
+        assert ax.get_yscale() == "linear"
+
+
+def test_history_terms_log_and_errors(adata):
+    fig = si.pl.history(adata, terms=["adversarial", "poisson"], smooth=0, log=True)
+    assert [ax.get_title() for ax in fig.axes] == ["adversarial", "poisson"]
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1]
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear", "log"]  # negative values: no log axis
+    assert len(si.pl.history(adata, terms="prior").axes) == 1
+    with pytest.raises(KeyError, match=r"Terms \['kl'\] are not in"):
+        si.pl.history(adata, terms=["poisson", "kl"])
+    del adata.uns["inspire"]["history"]
+    with pytest.raises(KeyError, match="no training history"):
+        si.pl.history(adata)
+    with pytest.raises(KeyError, match=r"uns\['other'\].*run `sd_inspire.tl.integrate` first"):
+        si.pl.history(adata, key="other")
+
+
+# --- domains
+
+
+def legend_colors(where) -> dict[str, tuple[float, ...]]:
+    """Label -> colour of the legend of an axis (or a figure's first legend)."""
+    legend = where.legends[0] if hasattr(where, "legends") else where.get_legend()
+    return {
+        t.get_text(): mpl.colors.to_rgba(h.get_color())
+        for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+
+
+def test_domains_colours_shared_across_slices(adata):
+    fig = si.pl.domains(adata)
+    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes] == SLICES
+    assert fig.axes[0].get_ylabel() == "inspire_domain"
+    palette = legend_colors(fig.axes[-1])
+    assert list(palette) == ["0", "1", "2"]
+    for ax, s in zip(fig.axes, SLICES, strict=True):
+        labels = adata.obs.loc[rows_of(adata, s), "inspire_domain"].astype(str)
+        np.testing.assert_allclose(ax.collections[0].get_facecolors(), [palette[v] for v in labels])
+
+
+def test_domains_with_reference_matched_colours(adata):
+    fig = si.pl.domains(adata, reference="layer")
+    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:3]] == SLICES
+    assert [fig.axes[0].get_ylabel(), fig.axes[3].get_ylabel()] == ["inspire_domain", "layer"]
+    domains, layers = legend_colors(fig.axes[2]), legend_colors(fig.axes[5])
+    assert list(layers) == ["L1", "L2", "L3"]
+    assert [domains[d] for d in ["0", "1", "2"]] == [layers[lab] for lab in ["L3", "L1", "L2"]]
+    for ax, s in zip(fig.axes[3:], SLICES, strict=True):
+        labels = adata.obs.loc[rows_of(adata, s), "layer"].astype(str)
+        np.testing.assert_allclose(ax.collections[0].get_facecolors(), [layers[v] for v in labels])
+    unmatched = legend_colors(si.pl.domains(adata, reference="layer", match_colors=False).axes[2])
+    assert unmatched["0"] == layers["L1"]  # both first in their own order
+
+
+def test_domains_unannotated_and_errors(adata):
+    adata.obs["layer"] = adata.obs["layer"].astype(object)
+    adata.obs.loc[adata.obs_names[:4], "layer"] = np.nan
+    fig = si.pl.domains(adata, reference="layer")
+    layers = legend_colors(fig.axes[5])
+    assert list(layers) == ["L1", "L2", "L3", "nan"]  # missing last, in grey
+    assert layers["nan"] == pytest.approx((0.85, 0.85, 0.85, 1.0))
+    with pytest.raises(KeyError, match="layer2"):
+        si.pl.domains(adata, reference="layer2")
+    del adata.obs["inspire_domain"]
+    with pytest.raises(KeyError, match=r"obs\['inspire_domain'\].*run `sd_inspire.tl.domains` first"):
+        si.pl.domains(adata)
+
+
+# --- alignment
+
+
+def test_alignment_slices_at_their_height(adata):
+    fig = si.pl.alignment(adata, elev=35, azim=-50)
+    (ax,) = fig.axes
+    assert ax.name == "3d"
+    assert (ax.elev, ax.azim) == (35, -50)
+    assert len(ax.collections) == 3
+    aligned = adata.obsm["spatial_aligned"]
+    for k, (coll, s) in enumerate(zip(ax.collections, SLICES, strict=True)):
+        xs, ys, zs = (np.asarray(v) for v in coll._offsets3d)
+        np.testing.assert_allclose(zs, 10.0 * k)
+        np.testing.assert_allclose(np.column_stack([xs, ys]), aligned[rows_of(adata, s), :2])
+    assert [t.get_text() for t in ax.get_zticklabels()] == SLICES
+    assert list(legend_colors(fig)) == SLICES
+
+
+def test_alignment_gene_colour_shared_scale(adata):
+    fig = si.pl.alignment(adata, color="g3", vmax=None)
+    assert len(fig.axes) == 2  # 3D view and colorbar
+    norms = {(c.norm.vmin, c.norm.vmax) for c in fig.axes[0].collections}
+    assert len(norms) == 1
+    assert norms.pop() == (pytest.approx(adata[:, "g3"].X.min()), pytest.approx(adata[:, "g3"].X.max()))
+
+
+def test_alignment_errors(adata):
+    with pytest.raises(KeyError, match=r"obsm\['spatial_3d'\].*run `sd_inspire.tl.align` first"):
+        si.pl.alignment(adata, key="spatial_3d")
+    with pytest.raises(ValueError, match="needs x, y and z"):
+        si.pl.alignment(adata, key="spatial")
+    with pytest.raises(KeyError, match="neither a column"):
+        si.pl.alignment(adata, color="nope")
+
+
+# --- images
+
+
+IMAGES = {
+    "factors": lambda a, path: si.pl.factors(a, n_genes=2, panel_size=1.6, save=path, dpi=DPI),
+    "loadings": lambda a, path: si.pl.loadings(a, n_top=5, panel_size=2.0, save=path, dpi=DPI),
+    "history": lambda a, path: si.pl.history(a, smooth=15, log=True, panel_size=2.5, save=path, dpi=DPI),
+    "domains": lambda a, path: si.pl.domains(a, reference="layer", panel_size=1.6, save=path, dpi=DPI),
+    "alignment": lambda a, path: si.pl.alignment(a, color="inspire_domain", figsize=(4, 3.5), save=path, dpi=DPI),
+}
+
+
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_image(name, adata, tmp_path):
+    actual = tmp_path / f"{name}.png"
+    with mpl.rc_context():
+        plt.style.use("default")
+        set_font_settings_for_testing()
+        IMAGES[name](adata, actual)
+    expected = BASELINE / f"{name}.png"
+    if UPDATE:
+        BASELINE.mkdir(exist_ok=True)
+        shutil.copyfile(actual, expected)
+        pytest.skip(f"baseline written: {expected}")
+    if not expected.is_file():
+        pytest.fail(f"no baseline {expected}; write it with SD_INSPIRE_UPDATE_BASELINES=1 (see the module docstring)")
+    diff = compare_images(str(expected), str(actual), tol=TOLERANCE)
+    assert diff is None, diff
