@@ -26,6 +26,12 @@ random_state
     Seed (or :class:`numpy.random.Generator`) for every random choice of the function. ``None`` draws fresh
     entropy, so results are not reproducible. No global random state is read or changed."""
 
+_save = """\
+save
+    Write the figure to this path (format from the suffix).
+dpi
+    Resolution when saving."""
+
 d = DocstringProcessor(
     data=_data,
     table_key=_table_key,
@@ -33,6 +39,7 @@ d = DocstringProcessor(
     copy=_copy,
     copy_returns=_copy_returns,
     random_state=_random_state,
+    save=_save,
 )
 
 __all__ = ["d"]

@@ -170,9 +170,10 @@ def test_large_data_pca_matches_scikit_learn():
     dense = counts.toarray()
     with np.errstate(divide="ignore", invalid="ignore"):
         expected_sat = np.nansum(dense * np.log(dense / library[:, None]), axis=1)
-    lib, sat = _library_and_saturated(counts, chunk_size=7)
+    lib, sat, totals = _library_and_saturated(counts, chunk_size=7)
     np.testing.assert_allclose(lib, library)
     np.testing.assert_allclose(sat, expected_sat, rtol=1e-5)
+    np.testing.assert_allclose(totals, dense.sum(axis=0))
 
 
 def test_multinomial_nll_equals_the_renormalised_rates():

@@ -41,6 +41,7 @@ class ModelData:
     feature_genes: list[str]
     graph: sparse.csr_matrix | None = None  # the spatial graph, for sampled graph encoders
     n_base: int = 0  # width of Y (first block of `features`)
+    gene_fraction: np.ndarray | None = None  # G, each gene's share of the counts of the slices that measured it
     extra: dict = field(default_factory=dict)
 
     @property
@@ -91,7 +92,7 @@ def prepare(
     counts = layer if hv.all() else layer[:, np.flatnonzero(hv)]
     if not is_lazy(counts):
         counts = sparse.csr_matrix(counts, dtype=np.float32)
-    library, saturated = _library_and_saturated(counts, chunk_size)
+    library, saturated, gene_totals = _library_and_saturated(counts, chunk_size)
     empty = library <= 0
     if empty.any():
         raise ValueError(
@@ -138,25 +139,40 @@ def prepare(
         feature_genes=genes[feat_genes].tolist(),
         graph=graph,
         n_base=y.shape[1],
+        gene_fraction=_gene_fraction(gene_totals, library, codes, mask),
     )
 
 
-def _library_and_saturated(counts: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Library size ``l`` and ``sum_g x log(x / l)`` (the Poisson deviance's saturated term) of each row, in one pass."""
+def _gene_fraction(gene_totals: np.ndarray, library: np.ndarray, codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each gene's counts over the library sizes of the slices that measured it, normalised to sum to 1."""
+    slice_library = np.bincount(codes, weights=library, minlength=mask.shape[0])
+    exposure = mask.T.astype(np.float64) @ slice_library
+    fraction = np.divide(gene_totals, exposure, out=np.zeros_like(gene_totals), where=exposure > 0)
+    return fraction / max(fraction.sum(), 1e-300)
+
+
+def _library_and_saturated(counts: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Library size ``l`` and ``sum_g x log(x / l)`` of each row, and each gene's total count, in one pass.
+
+    ``sum_g x log(x / l)`` is the Poisson deviance's saturated term.
+    """
     library = np.empty(counts.shape[0], dtype=np.float32)
     saturated = np.zeros(counts.shape[0], dtype=np.float32)
-    for start, stop, (lib, sat) in map_row_blocks(counts, _block_library_and_saturated, chunk_size=chunk_size):
+    gene_totals = np.zeros(counts.shape[1])
+    for start, stop, (lib, sat, genes) in map_row_blocks(counts, _block_library_and_saturated, chunk_size=chunk_size):
         library[start:stop], saturated[start:stop] = lib, sat
-    return library, saturated
+        gene_totals += genes
+    return library, saturated, gene_totals
 
 
-def _block_library_and_saturated(block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+def _block_library_and_saturated(block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     block.eliminate_zeros()
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
     lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
         terms = block.data * np.log(block.data / lib[rows])
-    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0])
+    genes = np.bincount(block.indices, weights=block.data, minlength=block.shape[1])
+    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes
 
 
 def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:

@@ -149,7 +149,14 @@ class InspireModel:
                 slice_aware_factors=bool(cross_technology),
                 dropout=dropout,
                 encoder=graph_encoder,
-            ).to(self.device)
+            )
+            if self.data.gene_fraction is not None:
+                # gene programs start at the data's mean profile: counts span orders of magnitude across genes,
+                # which logits starting near 0 take thousands of steps to reach, leaving the programs near uniform
+                with torch.no_grad():
+                    mean_profile = torch.as_tensor(np.log(self.data.gene_fraction + 1e-8), dtype=torch.float32)
+                    self.module.loading_logits += mean_profile - mean_profile.mean()
+            self.module = self.module.to(self.device)
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
         self.world = World()

@@ -78,10 +78,7 @@ def alignment(
         Marker size; by default from the number of spots per slice.
     figsize
         Size of the figure in inches.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------

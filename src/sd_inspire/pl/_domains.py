@@ -73,10 +73,7 @@ def domains(
         Width and height of a panel in inches.
     point_size
         Marker size; by default from the number of spots per slice.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------

@@ -97,10 +97,7 @@ def factors(
     shapes
         For a :class:`~spatialdata.SpatialData`, draw the real spot or cell shapes that the table annotates with
         spatialdata-plot (``render_shapes``) instead of points; slower. Needs the ``spatialdata-plot`` package.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------
@@ -258,10 +255,7 @@ def loadings(
         Width of a panel in inches; the height grows with ``n_top``.
     color
         Colour of the bars.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------

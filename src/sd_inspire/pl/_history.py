@@ -56,10 +56,7 @@ def history(
         Panels per row.
     panel_size
         Width and height of a panel in inches.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------

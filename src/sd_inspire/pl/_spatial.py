@@ -68,10 +68,7 @@ def spatial(
     vmax
         Upper end of the continuous colour scale: a number, ``"pNN"`` for the NN-th percentile over all slices,
         or ``None`` for the maximum.
-    save
-        Write the figure to this path (format from the suffix).
-    dpi
-        Resolution when saving.
+    %(save)s
 
     Returns
     -------
