@@ -136,6 +136,40 @@ def get_spatial(adata: AnnData, spatial_key: str = Key.SPATIAL, slices: pd.Serie
     return coords
 
 
+def get_representation(adata: AnnData, use_rep: str) -> np.ndarray:
+    """``obsm[use_rep]`` as a finite float64 2D array, or raise naming the key.
+
+    Raises
+    ------
+    KeyError
+        If ``obsm[use_rep]`` is missing.
+    ValueError
+        If it is empty or has NaN or infinite values (the first such observation is named).
+    """
+    if use_rep not in adata.obsm:
+        raise KeyError(
+            f"No `adata.obsm[{use_rep!r}]` (obsm keys: {list(adata.obsm.keys())}): run `sd_inspire.tl.integrate` "
+            "first, or pass another representation as `use_rep=`."
+        )
+    rep = adata.obsm[use_rep]
+    if isinstance(rep, pd.DataFrame):
+        rep = rep.to_numpy()
+    elif sparse.issparse(rep):
+        rep = rep.toarray()
+    x = np.asarray(rep, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"`adata.obsm[{use_rep!r}]` must be n_obs x n_dims with n_dims >= 1, got shape {x.shape}.")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        raise ValueError(
+            f"`adata.obsm[{use_rep!r}]` has NaN or infinite values in {int(bad.sum())} rows, e.g. {first!r}."
+        )
+    return x
+
+
 def check_counts(x: Any, name: str) -> bool:
     """Validate a count matrix; return whether all values are integers.
 

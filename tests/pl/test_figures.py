@@ -197,7 +197,7 @@ def test_factors_errors(adata):
         si.pl.factors(adata, key="other")
     del adata.obsm["inspire_factors_sd"]
     with pytest.raises(
-        KeyError, match=r"obsm\['inspire_factors_sd'\].*run `sd_inspire.tl.integrate\(\.\.\., n_models=2\)`"
+        KeyError, match=r"obsm\['inspire_factors_sd'\].*run `sd_inspire.tl.integrate\(\.\.\., uncertainty=True\)`"
     ):
         si.pl.factors(adata, obsm_key="inspire_factors_sd")
     del adata.varm["inspire_loadings"]

@@ -130,7 +130,7 @@ def factors(
 
     adata = get_table(data, table_key)
     name = obsm_key if obsm_key is not None else f"{key}_factors"
-    writer = "tl.integrate(..., n_models=2)" if name.endswith("_sd") else "tl.integrate"  # ensembles write SDs
+    writer = "tl.integrate(..., uncertainty=True)" if name.endswith("_sd") else "tl.integrate"
     maps = as_matrix(require(adata.obsm, name, "obsm", "factors", writer))
     chosen = select_factors(factors, maps.shape[1], f"`adata.obsm[{name!r}]`")
     if share not in ("row", "all"):

@@ -14,6 +14,7 @@ from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import (
+    get_representation,
     get_slices,
     get_spatial,
     get_table,
@@ -219,7 +220,7 @@ def align(
     elif str(reference) not in order:
         raise ValueError(f"`reference` {reference!r} is not a slice; the slices are {order}.")
     reference = str(reference)
-    latent = _latent(adata, use_rep)
+    latent = get_representation(adata, use_rep)
     coords = get_spatial(adata, spatial_key, slices)[:, :2]
     labels = slices.astype(str).to_numpy()
     rows = {s: np.flatnonzero(labels == s) for s in order}
@@ -590,28 +591,6 @@ def _gaps(spacing: float | Sequence[float] | None, order: list[str], reference_x
             f"`spacing` must be one non-negative number or {n} (one per consecutive pair of slices), got {spacing!r}."
         )
     return np.broadcast_to(values, (n,)).copy()
-
-
-def _latent(adata: AnnData, use_rep: str) -> np.ndarray:
-    if use_rep not in adata.obsm:
-        raise KeyError(
-            f"No `adata.obsm[{use_rep!r}]` (obsm keys: {list(adata.obsm.keys())}): run `sd_inspire.tl.integrate` "
-            "first, or pass the `use_rep=` of another integrated representation."
-        )
-    rep = adata.obsm[use_rep]
-    rep = rep.to_numpy() if isinstance(rep, pd.DataFrame) else rep.toarray() if sparse.issparse(rep) else rep
-    x = np.asarray(rep, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"`adata.obsm[{use_rep!r}]` must be n_obs x n_dims, got shape {x.shape}.")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"`adata.obsm[{use_rep!r}]` has NaN or infinite values in {int(bad.sum())} rows, "
-            f"e.g. {adata.obs_names[np.flatnonzero(bad)[0]]!r}."
-        )
-    return x
 
 
 # --- SpatialData --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from scipy import sparse
 
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_table, maybe_copy, random_generator
+from sd_inspire._utils import get_representation, get_table, maybe_copy, random_generator
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -120,7 +120,7 @@ def domains(
         raise TypeError(f"`n_domains` must be an integer, got {n_domains!r}.")
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
-    x = _representation(adata, use_rep)
+    x = get_representation(adata, use_rep)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
     for name, value in (("smooth", smooth), ("refine", refine)):
@@ -196,32 +196,6 @@ def _majority_vote(labels: np.ndarray, graph: sparse.spmatrix, rounds: int) -> n
             break
         labels = new
     return labels
-
-
-def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
-    """``obsm[use_rep]`` as a finite float64 2D array, or raise naming the key."""
-    if use_rep not in adata.obsm:
-        raise KeyError(
-            f"No `adata.obsm[{use_rep!r}]` (obsm keys: {list(adata.obsm.keys())}). Compute the representation "
-            "first or pass another `use_rep=`."
-        )
-    rep = adata.obsm[use_rep]
-    if isinstance(rep, pd.DataFrame):
-        rep = rep.to_numpy()
-    elif sparse.issparse(rep):
-        rep = rep.toarray()
-    x = np.asarray(rep, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"`adata.obsm[{use_rep!r}]` must be n_obs x n_dims with n_dims >= 1, got shape {x.shape}.")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        first = adata.obs_names[np.flatnonzero(bad)[0]]
-        raise ValueError(
-            f"`adata.obsm[{use_rep!r}]` has NaN or infinite values in {int(bad.sum())} rows, e.g. {first!r}."
-        )
-    return x
 
 
 def _gmm(x: np.ndarray, n_domains: int, seed: int, covariance_type: str) -> np.ndarray:

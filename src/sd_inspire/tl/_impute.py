@@ -13,9 +13,8 @@ from sd_inspire._chunks import is_lazy, read_rows
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_slices, get_table, maybe_copy, measured_mask
+from sd_inspire._utils import get_representation, get_slices, get_table, maybe_copy, measured_mask
 from sd_inspire.gr._propagate import normalized_adjacency
-from sd_inspire.tl._domains import _representation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -232,11 +231,7 @@ def _place_columns(values: np.ndarray, columns: np.ndarray, n_vars: int) -> spar
 
 def _neighbors(adata: AnnData, use_rep: str, n_neighbors: int, smooth: int, connectivity_key: str, chunk_size: int):
     """Predictor from latent neighbours among donor spots, smoothed over the spatial graph."""
-    latent = _representation(adata, use_rep) if use_rep in adata.obsm else None
-    if latent is None:
-        raise KeyError(
-            f"No `adata.obsm[{use_rep!r}]`: run `sd_inspire.tl.integrate` first (or pass another `use_rep=`)."
-        )
+    latent = get_representation(adata, use_rep)
     if smooth and connectivity_key not in adata.obsp:
         raise KeyError(
             f"No graph `adata.obsp[{connectivity_key!r}]` for `smooth`: run `sd_inspire.gr.spatial_neighbors` first "
