@@ -173,7 +173,10 @@ def test_large_data_pca_matches_scikit_learn():
     lib, sat, totals = _library_and_saturated(counts, chunk_size=7)
     np.testing.assert_allclose(lib, library)
     np.testing.assert_allclose(sat, expected_sat, rtol=1e-5)
-    np.testing.assert_allclose(totals, dense.sum(axis=0))
+    np.testing.assert_allclose(totals, dense.sum(axis=0)[None])
+    codes = np.arange(50) % 3
+    _, _, per_slice = _library_and_saturated(counts, chunk_size=7, codes=codes, n_slices=3)
+    np.testing.assert_allclose(per_slice, np.vstack([dense[codes == k].sum(axis=0) for k in range(3)]))
 
 
 def test_multinomial_nll_equals_the_renormalised_rates():

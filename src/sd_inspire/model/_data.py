@@ -42,6 +42,7 @@ class ModelData:
     graph: sparse.csr_matrix | None = None  # the spatial graph, for sampled graph encoders
     n_base: int = 0  # width of Y (first block of `features`)
     gene_fraction: np.ndarray | None = None  # G, each gene's share of the counts of the slices that measured it
+    slice_log_ratio: np.ndarray | None = None  # S x G, log of each slice's gene shares over the pooled ones
     extra: dict = field(default_factory=dict)
 
     @property
@@ -92,7 +93,7 @@ def prepare(
     counts = layer if hv.all() else layer[:, np.flatnonzero(hv)]
     if not is_lazy(counts):
         counts = sparse.csr_matrix(counts, dtype=np.float32)
-    library, saturated, gene_totals = _library_and_saturated(counts, chunk_size)
+    library, saturated, gene_totals = _library_and_saturated(counts, chunk_size, codes, len(slice_names))
     empty = library <= 0
     if empty.any():
         raise ValueError(
@@ -139,7 +140,8 @@ def prepare(
         feature_genes=genes[feat_genes].tolist(),
         graph=graph,
         n_base=y.shape[1],
-        gene_fraction=_gene_fraction(gene_totals, library, codes, mask),
+        gene_fraction=_gene_fraction(gene_totals.sum(axis=0), library, codes, mask),
+        slice_log_ratio=_slice_log_ratio(gene_totals, mask),
     )
 
 
@@ -151,27 +153,53 @@ def _gene_fraction(gene_totals: np.ndarray, library: np.ndarray, codes: np.ndarr
     return fraction / max(fraction.sum(), 1e-300)
 
 
-def _library_and_saturated(counts: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Library size ``l`` and ``sum_g x log(x / l)`` of each row, and each gene's total count, in one pass.
+def _slice_log_ratio(gene_totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per slice and measured gene, log of the slice's share of counts on the gene over all slices' share.
+
+    Shares are taken over the genes both measured (half a count added to each), and each slice's ratios are centred
+    over its measured genes; 0 for genes a slice did not measure.
+    """
+    out = np.zeros(gene_totals.shape)
+    for s in range(gene_totals.shape[0]):
+        m = mask[s]
+        if m.sum() < 2:
+            continue
+        own = gene_totals[s, m] + 0.5
+        pooled = gene_totals[:, m].sum(axis=0) + 0.5
+        ratio = np.log(own / own.sum()) - np.log(pooled / pooled.sum())
+        out[s, m] = ratio - ratio.mean()
+    return out
+
+
+def _library_and_saturated(
+    counts: Any, chunk_size: int, codes: np.ndarray | None = None, n_slices: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Library size ``l`` and ``sum_g x log(x / l)`` of each row, and each gene's total count per slice, in one pass.
 
     ``sum_g x log(x / l)`` is the Poisson deviance's saturated term.
     """
     library = np.empty(counts.shape[0], dtype=np.float32)
     saturated = np.zeros(counts.shape[0], dtype=np.float32)
-    gene_totals = np.zeros(counts.shape[1])
-    for start, stop, (lib, sat, genes) in map_row_blocks(counts, _block_library_and_saturated, chunk_size=chunk_size):
+    gene_totals = np.zeros((n_slices, counts.shape[1]))
+    codes = np.zeros(counts.shape[0], dtype=np.int64) if codes is None else codes
+    for start, stop, (lib, sat, genes) in map_row_blocks(
+        counts, _block_library_and_saturated, rows=(codes,), args=(n_slices,), chunk_size=chunk_size
+    ):
         library[start:stop], saturated[start:stop] = lib, sat
         gene_totals += genes
     return library, saturated, gene_totals
 
 
-def _block_library_and_saturated(block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_library_and_saturated(
+    block: sparse.csr_matrix, codes: np.ndarray, n_slices: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     block.eliminate_zeros()
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
     lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
         terms = block.data * np.log(block.data / lib[rows])
-    genes = np.bincount(block.indices, weights=block.data, minlength=block.shape[1])
+    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, block.shape[0]))
+    genes = np.asarray((onehot @ block).todense(), dtype=np.float64)
     return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes
 
 

@@ -156,6 +156,10 @@ class InspireModel:
                 with torch.no_grad():
                     mean_profile = torch.as_tensor(np.log(self.data.gene_fraction + 1e-8), dtype=torch.float32)
                     self.module.loading_logits += mean_profile - mean_profile.mean()
+                    if self.data.slice_log_ratio is not None:  # and slice effects at each slice's own profile
+                        self.module.slice_gene_effect.copy_(
+                            torch.as_tensor(self.data.slice_log_ratio, dtype=torch.float32)
+                        )
             self.module = self.module.to(self.device)
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
