@@ -237,13 +237,17 @@ def _neighbors(adata: AnnData, use_rep: str, n_neighbors: int, smooth: int, conn
             f"No graph `adata.obsp[{connectivity_key!r}]` for `smooth`: run `sd_inspire.gr.spatial_neighbors` first "
             "or pass `smooth=0`."
         )
-    graph = adata.obsp[connectivity_key] if smooth else None
+    graph = sparse.csr_matrix(adata.obsp[connectivity_key]) if smooth else None
+    within: dict[bytes, sparse.csr_matrix] = {}  # a slice's averaging operator, shared by its donor groups
 
     def predict(rows: np.ndarray, donor_rows: np.ndarray, js: np.ndarray, x_cols: sparse.csr_matrix) -> np.ndarray:
         weights = latent_weights(latent[rows], latent[donor_rows], n_neighbors, chunk_size)
         values = np.asarray((weights @ x_cols[donor_rows][:, js]).toarray(), dtype=np.float32)
         if graph is not None:
-            a = normalized_adjacency(sparse.csr_matrix(graph)[rows][:, rows], normalization="random_walk")
+            key = rows.tobytes()
+            if key not in within:
+                within[key] = normalized_adjacency(graph[rows][:, rows], normalization="random_walk")
+            a = within[key]
             for _ in range(smooth):
                 values = a @ values
         return values
