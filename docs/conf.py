@@ -40,3 +40,34 @@ nitpick_ignore_regex = [(r"py:.*", r"(?!sd_inspire\b).*")]
 html_theme = "sphinx_book_theme"
 html_title = "sd-inspire"
 html_theme_options = {"repository_url": "https://github.com/sd-inspire/sd-inspire", "use_repository_button": False}
+
+# --- generated inputs: the notebooks of tutorials/, the command line's help, the model diagram
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import runpy  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_DOCS = Path(__file__).resolve().parent
+_GENERATED = _DOCS / "_generated"
+_GENERATED.mkdir(exist_ok=True)
+(_DOCS / "tutorials").mkdir(exist_ok=True)
+for _notebook in sorted((_DOCS.parent / "tutorials").glob("*.ipynb")):
+    shutil.copy2(_notebook, _DOCS / "tutorials" / _notebook.name)
+
+
+def _write_cli_help() -> None:
+    from sd_inspire._cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    pages = {"cli_help.txt": parser, **{f"cli_help_{n}.txt": p for n, p in commands.choices.items()}}
+    for name, page in pages.items():
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            page.print_help()
+        (_GENERATED / name).write_text(buffer.getvalue())
+
+
+_write_cli_help()
+runpy.run_path(str(_DOCS / "model_figure.py"), run_name="sd_inspire_docs").get("draw")(_GENERATED / "model.png")

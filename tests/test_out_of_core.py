@@ -46,6 +46,26 @@ def test_read_zarr_keeps_matrices_on_disk(store):
     assert not is_lazy(si.io.read_zarr(path)["table"].X)
 
 
+def test_read_zarr_mixes_tables_on_disk_and_in_memory(store, tmp_path, monkeypatch):
+    # a large table next to a small one (as tl.integrate leaves them: "table" and "inspire_factors", which
+    # annotates several regions): only the large one stays on disk, both are valid SpatialData tables
+    import sd_inspire.io._zarr as zarr_io
+
+    source, memory = store
+    path = tmp_path / "mixed.zarr"
+    shutil.copytree(source, path)
+    lazy = _lazy(path)
+    si.tl.integrate(lazy, n_factors=4, max_steps=5, show_progress_bar=False)
+    threshold = zarr_io._matrix_bytes(zarr.open_group(path / "tables" / "inspire_factors")) + 1
+    monkeypatch.setattr(zarr_io, "OUT_OF_CORE_BYTES", threshold)
+    back = si.io.read_zarr(path)
+    assert is_lazy(back["table"].X)
+    assert not is_lazy(back["inspire_factors"].X)
+    regions = back["inspire_factors"].uns["spatialdata_attrs"]["region"]
+    assert sorted(regions) == sorted(memory["table"].obs["region"].unique())
+    np.testing.assert_allclose(back["inspire_factors"].X, lazy["table"].obsm["inspire_factors"], rtol=1e-6)
+
+
 def test_read_zarr_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a zarr store"):
         si.io.read_zarr(tmp_path)

@@ -118,10 +118,16 @@ def rows_of(adata: AnnData, s: str) -> np.ndarray:
     return (adata.obs["slice"] == s).to_numpy()
 
 
-def true_top(adata: AnnData, k: int, n: int) -> list[str]:
-    """Top genes computed independently: model genes sorted by decreasing loading."""
-    load = pd.Series(adata.varm["inspire_loadings"][:, k], index=adata.var_names)[adata.var["inspire_gene"]]
-    return list(load.sort_values(ascending=False, kind="stable").index[:n])
+def top_scores(adata: AnnData, k: int, rank: str = "specificity") -> pd.Series:
+    """Scores of the model genes in program k, computed independently, best first."""
+    b = adata.varm["inspire_loadings"]
+    score = b[:, k] if rank == "loading" else b[:, k] * np.log(b[:, k] / b.mean(axis=1))
+    score = pd.Series(score, index=adata.var_names)[adata.var["inspire_gene"]]
+    return score.sort_values(ascending=False, kind="stable")
+
+
+def true_top(adata: AnnData, k: int, n: int, rank: str = "specificity") -> list[str]:
+    return list(top_scores(adata, k, rank).index[:n])
 
 
 # --- factors
@@ -208,16 +214,42 @@ def test_factors_errors(adata):
 # --- loadings
 
 
-def test_loadings_bars_are_the_top_genes(adata):
-    fig = si.pl.loadings(adata, n_top=4)
+@pytest.mark.parametrize("rank", ["specificity", "loading"])
+def test_loadings_bars_are_the_top_genes(adata, rank):
+    fig = si.pl.loadings(adata, n_top=4, rank=rank)
     assert [ax.get_title() for ax in fig.axes] == ["factor_0", "factor_1", "factor_2"]
     for k, ax in enumerate(fig.axes):
         names = [t.get_text() for t in ax.get_yticklabels()]
-        assert names == true_top(adata, k, 4)
+        assert names == true_top(adata, k, 4, rank)
         assert "g11" not in names  # outside the model despite its large loading
         widths = [p.get_width() for p in ax.patches]
-        np.testing.assert_allclose(widths, adata[:, names].varm["inspire_loadings"][:, k])
+        np.testing.assert_allclose(widths, top_scores(adata, k, rank)[names], rtol=1e-6)
         assert ax.yaxis_inverted()  # largest at the top
+        assert ax.get_xlabel() == rank
+
+
+def test_specificity_prefers_program_genes_over_shared_ones():
+    # "shared" weighs 0.4 in every program; "marker" 0.2 in program 0 and 0.01 elsewhere
+    adata = AnnData(np.zeros((2, 3), dtype=np.float32), var=pd.DataFrame(index=["shared", "marker", "rest"]))
+    adata.varm["inspire_loadings"] = np.array([[0.4, 0.4, 0.4], [0.2, 0.01, 0.01], [0.4, 0.59, 0.59]])
+    by_loading = si.pl.loadings(adata, [0], n_top=2, rank="loading").axes[0].get_yticklabels()
+    by_specificity = si.pl.loadings(adata, [0], n_top=2).axes[0].get_yticklabels()
+    assert [t.get_text() for t in by_loading] == ["shared", "rest"]
+    assert [t.get_text() for t in by_specificity] == ["marker", "shared"]
+    fig = si.pl.factors(_one_slice(adata), [0], n_genes=1)
+    assert fig.axes[0].get_ylabel() == "factor_0\nmarker"
+    with pytest.raises(ValueError, match="rank"):
+        si.pl.loadings(adata, rank="weight")
+    with pytest.raises(ValueError, match="rank"):
+        si.pl.factors(_one_slice(adata), rank="weight")
+
+
+def _one_slice(adata: AnnData) -> AnnData:
+    adata = adata.copy()
+    adata.obs["slice"] = pd.Categorical(["a", "a"])
+    adata.obsm["spatial"] = np.array([[0.0, 0.0], [1.0, 0.0]])
+    adata.obsm["inspire_factors"] = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    return adata
 
 
 def test_loadings_selection_symbols_and_errors(adata):

@@ -168,7 +168,9 @@ def _slice_graph(
     coords: np.ndarray, method: str, n_neighs: int, radius: float | None
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix, dict[str, Any]]:
     """Connectivities and distances of one slice, from squidpy's builders."""
-    import squidpy as sq
+    with warnings.catch_warnings():  # squidpy's docstring templates warn (SyntaxWarning) at its first import
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import squidpy as sq
 
     n = coords.shape[0]
     params: dict[str, Any] = {"method": method}

@@ -89,7 +89,9 @@ def read_zarr(
         else:
             from anndata.io import read_elem
 
-            sdata.tables[name] = read_elem(group)
+            table = read_elem(group)
+            _normalise_attrs(table.uns)
+            sdata.tables[name] = table
     sdata.path = path
     return sdata
 
@@ -108,13 +110,23 @@ def _read_table_lazily(group: Any, chunk_size: int) -> AnnData:
 
     x = lazy(group["X"]) if "X" in group else None
     layers = {k: lazy(group["layers"][k]) for k in group["layers"]} if "layers" in group else {}
-    attrs = small.get("uns", {}).get("spatialdata_attrs")
-    if attrs is not None:  # as spatialdata's reader: omitted keys were None, regions a list
-        for key in ("region", "region_key", "instance_key"):
-            attrs.setdefault(key, None)
-        if isinstance(attrs["region"], np.ndarray):
-            attrs["region"] = attrs["region"].tolist()
+    _normalise_attrs(small.get("uns", {}))
     return AnnData(X=x, layers=layers, **small)
+
+
+def _normalise_attrs(uns: dict) -> None:
+    """Make ``uns["spatialdata_attrs"]`` as read by anndata what spatialdata's reader makes of it (in place).
+
+    Omitted keys were ``None`` and several regions a list (anndata reads them back as an array of strings, which
+    spatialdata's table validation cannot hash).
+    """
+    attrs = uns.get("spatialdata_attrs")
+    if attrs is None:
+        return
+    for key in ("region", "region_key", "instance_key"):
+        attrs.setdefault(key, None)
+    if isinstance(attrs["region"], np.ndarray):
+        attrs["region"] = attrs["region"].tolist()
 
 
 def _matrix_bytes(group: Any) -> int:

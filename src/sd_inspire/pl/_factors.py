@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+_RANKS = ("specificity", "loading")
+
+
+def _check_rank(rank: str) -> None:
+    if rank not in _RANKS:
+        raise ValueError(f"`rank` must be one of {_RANKS}, got {rank!r}.")
+
+
 @d.dedent
 def factors(
     data: AnnData | SpatialData,
@@ -46,6 +54,7 @@ def factors(
     table_key: str | None = None,
     spatial_key: str = Key.SPATIAL,
     n_genes: int = 0,
+    rank: Literal["specificity", "loading"] = "specificity",
     share: Literal["row", "all"] = "row",
     vmax: float | str | None = "p99",
     cmap: str = "viridis",
@@ -82,7 +91,10 @@ def factors(
     spatial_key
         Key of the coordinates in :attr:`~anndata.AnnData.obsm`.
     n_genes
-        Number of top genes (largest loadings) written under each factor's label; ``0`` writes none.
+        Number of top genes (by ``rank``) written under each factor's label; ``0`` writes none.
+    rank
+        How the top genes are chosen: ``"specificity"`` (genes that weigh in the program more than in the others,
+        see :func:`~sd_inspire.pl.loadings`) or ``"loading"`` (the largest loadings).
     share
         ``"row"``: one colour scale per factor; ``"all"``: one colour scale for the whole figure.
     vmax
@@ -109,7 +121,8 @@ def factors(
     KeyError
         If the factors (or, for ``n_genes``, the loadings) are missing.
     ValueError
-        For factor indices out of range (they are named), or ``shapes=True`` without a SpatialData.
+        For factor indices out of range (they are named), an unknown ``rank``, or ``shapes=True`` without a
+        SpatialData.
 
     Examples
     --------
@@ -135,13 +148,14 @@ def factors(
     chosen = select_factors(factors, maps.shape[1], f"`adata.obsm[{name!r}]`")
     if share not in ("row", "all"):
         raise ValueError(f"`share` must be 'row' or 'all', got {share!r}.")
+    _check_rank(rank)
     if shapes and not is_spatialdata(data):
         raise ValueError("`shapes=True` draws the shapes of a SpatialData; pass the SpatialData, not its table.")
     slices = get_slices(adata, slice_key)
     coords = get_spatial(adata, spatial_key, slices=slices)
     row_labels = [factor_label(k) for k in chosen]
     if n_genes > 0:
-        genes = [", ".join(top_genes(adata, k, n_genes, key=key, func="factors")[0]) for k in chosen]
+        genes = [", ".join(top_genes(adata, k, n_genes, key=key, func="factors", rank=rank)[0]) for k in chosen]
         row_labels = [f"{label}\n{g}" for label, g in zip(row_labels, genes, strict=True)]
 
     fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0)
@@ -205,11 +219,28 @@ def _draw_shapes(
 
 
 def top_genes(
-    adata: AnnData, k: int, n_top: int, *, key: str, func: str, gene_symbols: str | None = None
+    adata: AnnData,
+    k: int,
+    n_top: int,
+    *,
+    key: str,
+    func: str,
+    rank: str = "specificity",
+    gene_symbols: str | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """Names and loadings of the ``n_top`` genes with the largest loadings in factor ``k`` (model genes only)."""
+    """Names and scores of the ``n_top`` best genes of factor ``k`` by ``rank`` (model genes only).
+
+    ``"loading"``: the loadings ``B_kg``. ``"specificity"``: ``B_kg log(B_kg / mean_k' B_k'g)``, the gene's term in
+    the Kullback-Leibler divergence of program ``k`` from the mean of all programs: large for genes that weigh in the
+    program *and* weigh more there than in the others, not for genes every program shares (highly expressed ones).
+    """
+    _check_rank(rank)
     loadings = as_matrix(require(adata.varm, f"{key}_loadings", "varm", func, "tl.integrate"))
     column = loadings[:, k]
+    if rank == "specificity":
+        mean = loadings.mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            column = np.where(column > 0, column * np.log(column / mean), 0.0)
     in_model = f"{key}_gene"
     candidates = np.flatnonzero(adata.var[in_model].to_numpy(bool)) if in_model in adata.var else np.arange(len(column))
     order = candidates[np.argsort(-column[candidates], kind="stable")][:n_top]
@@ -224,6 +255,7 @@ def loadings(
     *,
     key: str = "inspire",
     n_top: int = 10,
+    rank: Literal["specificity", "loading"] = "specificity",
     table_key: str | None = None,
     gene_symbols: str | None = None,
     ncols: int = 4,
@@ -234,8 +266,13 @@ def loadings(
 ) -> Figure:
     """Top genes of each gene program: one horizontal bar chart per factor.
 
-    Bars show the loadings of the ``n_top`` genes with the largest loadings in ``varm["{key}_loadings"]``, the
-    largest at the top. Genes outside the model's gene space (``var["{key}_gene"] == False``) are left out.
+    Each program ``B_k`` (a column of ``varm["{key}_loadings"]``) is a distribution over genes. Genes expressed
+    everywhere weigh in every program, so the largest loadings of different programs are often the same genes. By
+    default (``rank="specificity"``) bars show each gene's specificity to the program,
+    ``B_kg log(B_kg / mean_k' B_k'g)`` (its term in the Kullback-Leibler divergence of the program from the mean of
+    all programs): large for genes that weigh in the program and more there than in the others. ``rank="loading"``
+    shows the largest loadings ``B_kg``. The best gene is at the top. Genes outside the model's gene space
+    (``var["{key}_gene"] == False``) are left out.
 
     Parameters
     ----------
@@ -246,6 +283,8 @@ def loadings(
         Stem of the keys written by :func:`sd_inspire.tl.integrate` (its ``key_added``).
     n_top
         Number of genes per factor.
+    rank
+        ``"specificity"`` or ``"loading"``, see above.
     %(table_key)s
     gene_symbols
         Column of :attr:`~anndata.AnnData.var` with the gene names to show instead of ``var_names``.
@@ -266,7 +305,7 @@ def loadings(
     KeyError
         If ``varm["{key}_loadings"]`` or the ``gene_symbols`` column is missing.
     ValueError
-        For factor indices out of range (they are named) or ``n_top < 1``.
+        For factor indices out of range (they are named), ``n_top < 1`` or an unknown ``rank``.
 
     Examples
     --------
@@ -280,6 +319,8 @@ def loadings(
     >>> [t.get_text() for t in fig.axes[1].get_yticklabels()]
     ['A', 'D']
     """
+    from matplotlib.ticker import MaxNLocator
+
     adata = get_table(data, table_key)
     values = as_matrix(require(adata.varm, f"{key}_loadings", "varm", "loadings", "tl.integrate"))
     chosen = select_factors(factors, values.shape[1], f"`adata.varm[{key + '_loadings'!r}]`")
@@ -287,7 +328,7 @@ def loadings(
         raise ValueError(f"`n_top` must be at least 1, got {n_top}.")
     if gene_symbols is not None and gene_symbols not in adata.var:
         raise KeyError(f"No column {gene_symbols!r} in `adata.var` for `gene_symbols`.")
-    tops = [top_genes(adata, k, n_top, key=key, func="loadings", gene_symbols=gene_symbols) for k in chosen]
+    tops = [top_genes(adata, k, n_top, key=key, func="loadings", rank=rank, gene_symbols=gene_symbols) for k in chosen]
     n_rows = max(len(names) for names, _ in tops)
     fig, axes = panel_grid(len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), layout="constrained")
     for ax, k, (names, weights) in zip(axes, chosen, tops, strict=True):
@@ -296,5 +337,6 @@ def loadings(
         ax.set_yticks(y, labels=names)
         ax.set_ylim(n_rows - 0.5, -0.5)  # largest at the top; equal bar heights in every panel
         ax.set_title(factor_label(k))
-        ax.set_xlabel("loading")
+        ax.set_xlabel(rank)
+        ax.xaxis.set_major_locator(MaxNLocator(3))  # long tick labels of small scores would overlap
     return finish(fig, save, dpi)
