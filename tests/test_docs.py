@@ -27,3 +27,22 @@ def test_api_page_lists_every_public_function():
             if isinstance(member, types.ModuleType):
                 public |= {f"{ns}.{name}.{fn}" for fn in member.__all__ if callable(getattr(member, fn))}
     assert public <= listed, f"missing from docs/api.md: {sorted(public - listed)}"
+
+
+def test_every_public_function_has_examples():
+    import inspect
+
+    missing = []
+    for ns in [*si.__all__, "model"]:
+        module = getattr(si, ns)
+        for name in module.__all__:
+            member = getattr(module, name)
+            members = {f"{ns}.{name}": member}
+            if isinstance(member, types.ModuleType):
+                members = {f"{ns}.{name}.{fn}": getattr(member, fn) for fn in member.__all__}
+            missing += [
+                full
+                for full, obj in members.items()
+                if inspect.isfunction(obj) and not re.search(r"^\s*Examples\n\s*--------\n", obj.__doc__ or "", re.M)
+            ]
+    assert not missing, f"public functions without an Examples section: {missing}"

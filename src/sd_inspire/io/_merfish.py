@@ -74,6 +74,25 @@ def merfish(
     ValueError
         If a file cannot be parsed (the message names it), cell ids repeat, the counts hold no gene or no cell,
         several candidate files are present, or no cell is in both files.
+
+    Examples
+    --------
+    A MERSCOPE region folder with the cell-by-gene counts (blank codewords are set aside) and the cell metadata:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import sd_inspire as si
+    >>> region = Path(tempfile.mkdtemp()) / "region_0"
+    >>> region.mkdir()
+    >>> _ = (region / "cell_by_gene.csv").write_text("cell,GeneA,GeneB,Blank-1\\n101,3,0,1\\n102,1,2,0\\n")
+    >>> _ = (region / "cell_metadata.csv").write_text(
+    ...     ",fov,volume,center_x,center_y\\n101,0,800.0,10.0,20.0\\n102,0,950.0,30.0,25.0\\n"
+    ... )
+    >>> sdata = si.io.merfish(region)
+    >>> sdata["table"].to_df()
+         GeneA  GeneB
+    101    3.0    0.0
+    102    1.0    2.0
     """
     folder = Path(path)
     if not folder.is_dir():

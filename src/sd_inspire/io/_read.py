@@ -69,6 +69,16 @@ def read(path: str | Path, *, technology: str | None = None, **kwargs: Any) -> S
     ValueError
         If no reader recognises the files (the message lists what each expects and what was found), several do,
         or ``technology`` is unknown.
+
+    Examples
+    --------
+    The technology is detected from the files present; ``technology=`` forces a reader:
+
+    >>> import sd_inspire as si
+    >>> sdata = si.io.read("DLPFC/151673")  # a Space Ranger folder  # doctest: +SKIP
+    >>> sdata = si.io.read("run1/sample.gem.gz", technology="stereoseq", bin_size=100)  # doctest: +SKIP
+
+    ``sd-inspire read PATH... -o out.zarr`` does the same from a shell.
     """
     path = Path(path)
     if not path.exists():

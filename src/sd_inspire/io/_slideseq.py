@@ -91,6 +91,22 @@ def slideseq(
     ValueError
         If a file cannot be parsed (the message names it), barcodes repeat, the matrix is empty, several candidate
         matrices are present, or no barcode is in both files.
+
+    Examples
+    --------
+    A puck folder with bead locations and a genes x beads count table (the "ForR" layout):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import sd_inspire as si
+    >>> puck = Path(tempfile.mkdtemp())
+    >>> _ = (puck / "BeadLocationsForR.csv").write_text("barcodes,xcoord,ycoord\\nAAAC,10.5,20.0\\nAAAG,30.0,42.5\\n")
+    >>> _ = (puck / "MappedDGEForR.csv").write_text(",AAAC,AAAG\\nGeneA,3,0\\nGeneB,1,2\\n")
+    >>> sdata = si.io.slideseq(puck)
+    >>> sdata["table"].to_df()
+          GeneA  GeneB
+    AAAC    3.0    1.0
+    AAAG    0.0    2.0
     """
     folder = Path(path)
     if not folder.is_dir():

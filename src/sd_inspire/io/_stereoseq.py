@@ -115,6 +115,23 @@ def stereoseq(
         required column (the message lists the columns found), holds a malformed line, a non-integer or negative
         count (the message names the file and the line), or no data lines; if a GEF lacks a required dataset or
         holds no counts.
+
+    Examples
+    --------
+    A GEM file lists the counts of each gene at each DNB; bins of 50 DNBs a side sum them:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import sd_inspire as si
+    >>> gem = Path(tempfile.mkdtemp()) / "sample.gem"
+    >>> _ = gem.write_text(
+    ...     "geneID\\tx\\ty\\tMIDCount\\nGeneA\\t10\\t20\\t3\\nGeneB\\t60\\t20\\t1\\nGeneA\\t61\\t22\\t2\\n"
+    ... )
+    >>> sdata = si.io.stereoseq(gem, bin_size=50)
+    >>> sdata["table"].to_df()
+         GeneA  GeneB
+    0_0    3.0    0.0
+    1_0    2.0    1.0
     """
     if isinstance(bin_size, bool) or not isinstance(bin_size, int | np.integer) or bin_size < 1:
         raise ValueError(f"`bin_size` must be a positive integer (DNBs per bin side), got {bin_size!r}.")

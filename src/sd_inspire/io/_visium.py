@@ -83,6 +83,18 @@ def visium(
     ValueError
         If a file cannot be parsed (the message names it), barcodes repeat, the matrix is empty, or no barcode of
         the matrix has a position under tissue.
+
+    Examples
+    --------
+    Four slices of a Space Ranger run, each an ``outs/`` folder, into one SpatialData with one table:
+
+    >>> import sd_inspire as si
+    >>> slices = {s: si.io.visium(f"DLPFC/{s}/outs") for s in ["151673", "151674"]}  # doctest: +SKIP
+    >>> sdata = si.pp.concat(slices)  # doctest: +SKIP
+    >>> sdata["table"].obs["slice"].value_counts()  # doctest: +SKIP
+    151674    3673
+    151673    3639
+    Name: count, dtype: int64
     """
     path = Path(path)
     root = find_outs(path)
