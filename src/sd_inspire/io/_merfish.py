@@ -33,7 +33,7 @@ def merfish(
     boundaries: bool = True,
     cell_diameter: float | None = None,
 ) -> SpatialData:
-    """Read a Vizgen MERSCOPE output folder: cell by gene counts, cell metadata and, if present, cell boundaries.
+    r"""Read a Vizgen MERSCOPE output folder: cell by gene counts, cell metadata and, if present, cell boundaries.
 
     Cells are matched on their ids between the counts and the metadata, whatever the order of the rows; cells
     found in only one file are reported in a warning and left out. Blank codewords (``Blank-*``, or ``Blank.*``
@@ -84,9 +84,9 @@ def merfish(
     >>> import sd_inspire as si
     >>> region = Path(tempfile.mkdtemp()) / "region_0"
     >>> region.mkdir()
-    >>> _ = (region / "cell_by_gene.csv").write_text("cell,GeneA,GeneB,Blank-1\\n101,3,0,1\\n102,1,2,0\\n")
+    >>> _ = (region / "cell_by_gene.csv").write_text("cell,GeneA,GeneB,Blank-1\n101,3,0,1\n102,1,2,0\n")
     >>> _ = (region / "cell_metadata.csv").write_text(
-    ...     ",fov,volume,center_x,center_y\\n101,0,800.0,10.0,20.0\\n102,0,950.0,30.0,25.0\\n"
+    ...     ",fov,volume,center_x,center_y\n101,0,800.0,10.0,20.0\n102,0,950.0,30.0,25.0\n"
     ... )
     >>> sdata = si.io.merfish(region)
     >>> sdata["table"].to_df()

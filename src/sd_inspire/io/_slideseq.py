@@ -44,7 +44,7 @@ def slideseq(
     bead_diameter: float = SLIDESEQ_BEAD_DIAMETER_UM,
     chunk_size: int | None = None,
 ) -> SpatialData:
-    """Read a Slide-seq puck: bead locations and a digital expression matrix.
+    r"""Read a Slide-seq puck: bead locations and a digital expression matrix.
 
     Beads are matched on their barcodes between the two files; beads found in only one of them are reported in a
     warning and left out.
@@ -100,8 +100,8 @@ def slideseq(
     >>> from pathlib import Path
     >>> import sd_inspire as si
     >>> puck = Path(tempfile.mkdtemp())
-    >>> _ = (puck / "BeadLocationsForR.csv").write_text("barcodes,xcoord,ycoord\\nAAAC,10.5,20.0\\nAAAG,30.0,42.5\\n")
-    >>> _ = (puck / "MappedDGEForR.csv").write_text(",AAAC,AAAG\\nGeneA,3,0\\nGeneB,1,2\\n")
+    >>> _ = (puck / "BeadLocationsForR.csv").write_text("barcodes,xcoord,ycoord\nAAAC,10.5,20.0\nAAAG,30.0,42.5\n")
+    >>> _ = (puck / "MappedDGEForR.csv").write_text(",AAAC,AAAG\nGeneA,3,0\nGeneB,1,2\n")
     >>> sdata = si.io.slideseq(puck)
     >>> sdata["table"].to_df()
           GeneA  GeneB

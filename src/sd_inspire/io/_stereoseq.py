@@ -65,7 +65,7 @@ def stereoseq(
     dataset_id: str | None = None,
     gene_key: Literal["geneID", "geneName"] = "geneID",
 ) -> SpatialData:
-    """Read a Stereo-seq GEM or GEF file into square bins (or segmented cells).
+    r"""Read a Stereo-seq GEM or GEF file into square bins (or segmented cells).
 
     The file is streamed: a GEM of hundreds of millions of lines is parsed in blocks (by :mod:`pyarrow`) and a GEF
     is read in slices, and the counts are summed per (bin, gene) as they come, so that memory grows with the number
@@ -124,9 +124,7 @@ def stereoseq(
     >>> from pathlib import Path
     >>> import sd_inspire as si
     >>> gem = Path(tempfile.mkdtemp()) / "sample.gem"
-    >>> _ = gem.write_text(
-    ...     "geneID\\tx\\ty\\tMIDCount\\nGeneA\\t10\\t20\\t3\\nGeneB\\t60\\t20\\t1\\nGeneA\\t61\\t22\\t2\\n"
-    ... )
+    >>> _ = gem.write_text("geneID\tx\ty\tMIDCount\nGeneA\t10\t20\t3\nGeneB\t60\t20\t1\nGeneA\t61\t22\t2\n")
     >>> sdata = si.io.stereoseq(gem, bin_size=50)
     >>> sdata["table"].to_df()
          GeneA  GeneB
