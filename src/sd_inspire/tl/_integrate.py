@@ -84,8 +84,8 @@ def integrate(
         count likelihood around its factors (gene programs fixed), scaled by each slice's overdispersion (Pearson,
         quasi-likelihood), plus the variance over ensemble members when ``n_models >= 2`` (law of total variance).
         One more pass over the counts per member. ``None``: when ``n_models >= 2``. On simulated truth
-        (``benchmarks/uncertainty.py``) mean ± 1.96 sd covers 84-85% of true proportions with one model and 90-91%
-        with ``n_models=5`` (nominal 95%): prefer an ensemble when the intervals matter.
+        (``benchmarks/uncertainty.py``) mean ± 1.96 sd covers 84-85%% of true proportions with one model and 90-91%%
+        with ``n_models=5`` (nominal 95%%): prefer an ensemble when the intervals matter.
     device
         ``"auto"`` uses a GPU when present. Launched with ``torchrun --nproc_per_node N script.py``, the same call
         trains data-parallel over the N processes (gloo on CPU, nccl on GPU): each rank draws its share of every
