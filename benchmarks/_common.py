@@ -18,6 +18,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def _integrate_default(name: str):
+    import inspect
+
+    from sd_inspire.tl import integrate
+
+    return inspect.signature(integrate).parameters[name].default
+
+
+DEFAULT_N_LATENT = _integrate_default("n_latent")
+
+
 def setup(threads: int = 2) -> None:
     """Quiet logs and warnings, fix the number of torch threads."""
     import torch
