@@ -29,6 +29,11 @@ def _integrate_default(name: str):
 DEFAULT_N_LATENT = _integrate_default("n_latent")
 
 
+def model_label(n_latent: int) -> str:
+    """Name of sd-inspire in result tables: plain at ``tl.integrate``'s default latent width, else with the width."""
+    return "sd-inspire" + ("" if n_latent == DEFAULT_N_LATENT else f" (n_latent={n_latent})")
+
+
 def setup(threads: int = 2) -> None:
     """Quiet logs and warnings, fix the number of torch threads."""
     import torch

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_N_LATENT, SHARED_DATA, peak_rss_gb, report, setup
+from _common import DEFAULT_N_LATENT, SHARED_DATA, model_label, peak_rss_gb, report, setup
 
 SLICES = ("151673", "151674", "151675", "151676")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(scores(table, "X_baseline", table.obs["b"].to_numpy(), name, seed, extra))
 
     for n_latent in args.n_latent:
-        label = "sd-inspire" + ("" if n_latent == DEFAULT_N_LATENT else f" (n_latent={n_latent})")
+        label = model_label(n_latent)
         for seed in args.seeds:
             t0 = time.perf_counter()
             si.tl.integrate(

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_N_LATENT, peak_rss_gb, report, setup
+from _common import DEFAULT_N_LATENT, model_label, peak_rss_gb, report, setup
 
 SCENARIOS = {
     "replicates": {"technology": "visium", "batch_effect": 0.8},
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 si.tl.domains(adata, n_domains=n_domains, use_rep=key, key_added="d", random_state=seed)
                 rows.append(score(adata, key, adata.obs["d"].to_numpy(), name, scenario, seed))
             for n_latent in args.n_latent:
-                label = "sd-inspire" + ("" if n_latent == DEFAULT_N_LATENT else f" (n_latent={n_latent})")
+                label = model_label(n_latent)
                 start = time.perf_counter()
                 si.tl.integrate(
                     adata, n_latent=n_latent, max_steps=args.max_steps, random_state=seed, show_progress_bar=False

@@ -233,8 +233,8 @@ def top_genes(
     ``"loading"``: the loadings ``B_kg``. ``"specificity"``: ``B_kg log(B_kg / mean_k' B_k'g)``, the gene's term in
     the Kullback-Leibler divergence of program ``k`` from the mean of all programs: large for genes that weigh in the
     program *and* weigh more there than in the others, not for genes every program shares (highly expressed ones).
+    ``rank`` is checked by the public callers.
     """
-    _check_rank(rank)
     loadings = as_matrix(require(adata.varm, f"{key}_loadings", "varm", func, "tl.integrate"))
     column = loadings[:, k]
     if rank == "specificity":
@@ -326,6 +326,7 @@ def loadings(
     chosen = select_factors(factors, values.shape[1], f"`adata.varm[{key + '_loadings'!r}]`")
     if n_top < 1:
         raise ValueError(f"`n_top` must be at least 1, got {n_top}.")
+    _check_rank(rank)
     if gene_symbols is not None and gene_symbols not in adata.var:
         raise KeyError(f"No column {gene_symbols!r} in `adata.var` for `gene_symbols`.")
     tops = [top_genes(adata, k, n_top, key=key, func="loadings", rank=rank, gene_symbols=gene_symbols) for k in chosen]
