@@ -29,9 +29,17 @@ def _integrate_default(name: str):
 DEFAULT_N_LATENT = _integrate_default("n_latent")
 
 
-def model_label(n_latent: int) -> str:
-    """Name of sd-inspire in result tables: plain at ``tl.integrate``'s default latent width, else with the width."""
-    return "sd-inspire" + ("" if n_latent == DEFAULT_N_LATENT else f" (n_latent={n_latent})")
+DEFAULT_ENCODER = _integrate_default("encoder")
+
+
+def model_label(n_latent: int, encoder: str = DEFAULT_ENCODER) -> str:
+    """Name of sd-inspire in result tables: plain with ``tl.integrate``'s defaults, else with what differs."""
+    changed = [
+        f"{k}={v}"
+        for k, v, d in (("encoder", encoder, DEFAULT_ENCODER), ("n_latent", n_latent, DEFAULT_N_LATENT))
+        if v != d
+    ]
+    return "sd-inspire" + (f" ({', '.join(changed)})" if changed else "")
 
 
 def setup(threads: int = 2) -> None:
