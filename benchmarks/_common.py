@@ -27,8 +27,6 @@ def _integrate_default(name: str):
 
 
 DEFAULT_N_LATENT = _integrate_default("n_latent")
-
-
 DEFAULT_ENCODER = _integrate_default("encoder")
 
 

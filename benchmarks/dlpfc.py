@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/dlpfc.py [--seeds 0 1 2 3 4] [--n-latent 32 16] [--encoder lgcn] [--max-steps N]
         [--data ../shared/data/visium/DLPFC_151673-151676] [--name dlpfc]
 
-Prints and saves (benchmarks/results/dlpfc.csv/.md; ``--name`` changes the file name) per seed: per-slice and pooled ARI/NMI of GMM domains (K=7)
-against the layers, within-layer batch mixing, factor diversity, wall time and peak memory; the same scores for a
-plain baseline (PCA of neighbour-smoothed expression, GMM) and a summary over seeds. Each representation is
-clustered as is and with ``tl.domains(refine=3)`` (neighbour majority vote after the GMM). sd-inspire runs once per
-latent width in ``--n-latent`` (the default of ``tl.integrate`` is labelled plainly) with the encoder ``--encoder``. Target: mean per-slice ARI above 0.612
-(published INSPIRE on these slices). Five seeds by default: with fewer, the spread is misleading, because the GMM on
-some latent spaces lands in a partition that splits the upper layers along the tissue instead of across it.
+Prints and saves (benchmarks/results/dlpfc.csv/.md; ``--name`` changes the file name) per seed: per-slice and
+pooled ARI/NMI of GMM domains (K=7) against the layers, within-layer batch mixing, factor diversity, wall time and
+peak memory; the same scores for a plain baseline (PCA of neighbour-smoothed expression, GMM) and a summary over
+seeds. Each representation is clustered as is and with ``tl.domains(refine=3)`` (neighbour majority vote after the
+GMM). sd-inspire runs once per latent width in ``--n-latent``, with the encoder ``--encoder`` (``tl.integrate``'s
+defaults are labelled plainly). Target: mean per-slice ARI above 0.612 (published INSPIRE on these slices). Five
+seeds by default: with fewer, the spread is misleading, because the GMM on some latent spaces lands in a partition
+that splits the upper layers along the tissue instead of across it.
 """
 
 from __future__ import annotations
