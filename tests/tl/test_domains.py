@@ -46,6 +46,7 @@ def test_recovers_blobs(method):
         "smooth": 0,
         "refine": 0,
         **({"covariance_type": "tied"} if method == "gmm" else {}),
+        "log_ratio": False,
         "random_state": 0,
         "seed": adata.uns["inspire_domain"]["seed"],
         "n_found": 4,
@@ -60,6 +61,43 @@ def test_gmm_covariance_types(covariance_type):
     assert adata.uns["inspire_domain"]["covariance_type"] == covariance_type
     with pytest.raises(ValueError, match="covariance_type"):
         domains(adata, n_domains=3, covariance_type="EEE")
+
+
+def _proportions(seed=0):
+    """Three groups of 6-factor proportions told apart only by the level of a rare factor (0.1%, 1%, 10%)."""
+    rng = np.random.default_rng(seed)
+    rare = np.repeat([1e-3, 1e-2, 1e-1], 80)
+    common = rng.dirichlet(np.full(5, 3.0), size=rare.size) * (1 - rare)[:, None]
+    x = np.column_stack([common, rare * np.exp(rng.normal(scale=0.2, size=rare.size))])
+    x /= x.sum(axis=1, keepdims=True)
+    adata = AnnData(obs=pd.DataFrame({"group": np.repeat(["a", "b", "c"], 80)}, index=[f"s{i}" for i in range(240)]))
+    adata.obsm["inspire_factors"] = x
+    return adata
+
+
+def test_log_ratio_is_used_for_proportions():
+    adata = _proportions()
+    domains(adata, n_domains=3, use_rep="inspire_factors")
+    assert adata.uns["inspire_domain"]["log_ratio"] is True
+    assert ari(adata.obs["group"], adata.obs["inspire_domain"]) == 1.0
+    # on the raw proportions the rare factor's 0.1% / 1% levels are lost among the common factors' spread
+    domains(adata, n_domains=3, use_rep="inspire_factors", log_ratio=False, key_added="raw")
+    assert adata.uns["raw"]["log_ratio"] is False
+    assert ari(adata.obs["group"], adata.obs["raw"]) < 0.9
+    # the transform is the documented one: clustering its output as is gives the same domains
+    logp = np.log(adata.obsm["inspire_factors"] + 1e-3)
+    adata.obsm["clr"] = logp - logp.mean(axis=1, keepdims=True)
+    domains(adata, n_domains=3, use_rep="clr", key_added="clr")
+    assert adata.uns["clr"]["log_ratio"] is False  # negative values: not proportions
+    np.testing.assert_array_equal(adata.obs["clr"].to_numpy(), adata.obs["inspire_domain"].to_numpy())
+
+
+def test_log_ratio_needs_non_negative_values():
+    adata = _blobs()
+    domains(adata, n_domains=4)
+    assert adata.uns["inspire_domain"]["log_ratio"] is False
+    with pytest.raises(ValueError, match=r"log_ratio=True.*obsm\['X_inspire'\].*inspire_factors"):
+        domains(adata, n_domains=4, log_ratio=True)
 
 
 needs_leiden = pytest.mark.skipif(
