@@ -108,8 +108,8 @@ def domains(
     -----
     On the four DLPFC slices (``benchmarks/dlpfc.py``), GMM domains of ``obsm["X_inspire"]`` depend on the GMM's
     ``random_state`` about as much as on the model's seed (mean per-slice ARI 0.40-0.60 for one trained model);
-    domains of ``use_rep="inspire_factors"`` (log-ratios) vary by less than 0.01 over GMM seeds. Compare a few
-    ``random_state`` values before interpreting domains of the latent space.
+    domains of ``use_rep="inspire_factors"`` (log-ratios) moved by less than 0.01 between two GMM seeds for each of
+    five model seeds. Compare a few ``random_state`` values before interpreting domains of the latent space.
 
     Raises
     ------
