@@ -26,7 +26,16 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_N_FACTORS, DEFAULT_N_LATENT, SHARED_DATA, model_label, peak_rss_gb, report, setup
+from _common import (
+    DEFAULT_ENCODER,
+    DEFAULT_N_FACTORS,
+    DEFAULT_N_LATENT,
+    SHARED_DATA,
+    model_label,
+    peak_rss_gb,
+    report,
+    setup,
+)
 
 SLICES = ("151673", "151674", "151675", "151676")
 
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--n-latent", type=int, nargs="+", default=[DEFAULT_N_LATENT])
     parser.add_argument("--n-factors", type=int, default=DEFAULT_N_FACTORS)
-    parser.add_argument("--encoder", choices=("lgcn", "gat"), default="lgcn")
+    parser.add_argument("--encoder", choices=("lgcn", "gat"), default=DEFAULT_ENCODER)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--n-top-genes", type=int, default=3000)
     parser.add_argument("--name", default="dlpfc")

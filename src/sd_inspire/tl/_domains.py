@@ -147,9 +147,6 @@ def domains(
             f"`log_ratio=True` needs non-negative values, but `adata.obsm[{use_rep!r}]` has negative ones "
             "(e.g. the latent space); pass proportions such as `use_rep='inspire_factors'`."
         )
-    if log_ratio:
-        x = np.log(x + _CLR_PSEUDOCOUNT)
-        x -= x.mean(axis=1, keepdims=True)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
     for name, value in (("smooth", smooth), ("refine", refine)):
@@ -160,6 +157,11 @@ def domains(
                 f"`{name}={value}` needs the graph `adata.obsp[{connectivity_key!r}]`; run "
                 "`sd_inspire.gr.spatial_neighbors`."
             )
+    if not 1 <= n_domains <= adata.n_obs:
+        raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
+    if log_ratio:
+        x = np.log(x + _CLR_PSEUDOCOUNT)
+        x -= x.mean(axis=1, keepdims=True)
     if smooth:
         from sd_inspire._chunks import matmul_rows
         from sd_inspire.gr._propagate import normalized_adjacency
@@ -167,8 +169,6 @@ def domains(
         a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
         for _ in range(smooth):
             x = matmul_rows(a_mean, x, 20_000).astype(np.float64)
-    if not 1 <= n_domains <= adata.n_obs:
-        raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
     n_domains = int(n_domains)
     seed = int(rng.integers(2**31 - 1))
 
