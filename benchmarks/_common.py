@@ -29,14 +29,21 @@ def _integrate_default(name: str):
 DEFAULT_N_LATENT = _integrate_default("n_latent")
 DEFAULT_ENCODER = _integrate_default("encoder")
 DEFAULT_N_FACTORS = _integrate_default("n_factors")
+DEFAULT_FEATURES = _integrate_default("features")
 
 
-def model_label(n_latent: int, encoder: str = DEFAULT_ENCODER, n_factors: int = DEFAULT_N_FACTORS) -> str:
+def model_label(
+    n_latent: int,
+    encoder: str = DEFAULT_ENCODER,
+    n_factors: int = DEFAULT_N_FACTORS,
+    features: str = DEFAULT_FEATURES,
+) -> str:
     """Name of sd-inspire in result tables: plain with ``tl.integrate``'s defaults, else with what differs."""
     settings = (
         ("encoder", encoder, DEFAULT_ENCODER),
         ("n_latent", n_latent, DEFAULT_N_LATENT),
         ("n_factors", n_factors, DEFAULT_N_FACTORS),
+        ("features", features, DEFAULT_FEATURES),
     )
     changed = [f"{k}={v}" for k, v, d in settings if v != d]
     return "sd-inspire" + (f" ({', '.join(changed)})" if changed else "")

@@ -1,7 +1,7 @@
 """Integrate the four real DLPFC Visium slices and score domains against the manual layers.
 
     .venv/bin/python benchmarks/dlpfc.py [--seeds 0 1 2 3 4] [--n-latent 32] [--n-factors 20] [--encoder lgcn]
-        [--max-steps N] [--data ../shared/data/visium/DLPFC_151673-151676] [--name dlpfc]
+        [--features pearson] [--max-steps N] [--data ../shared/data/visium/DLPFC_151673-151676] [--name dlpfc]
 
 Prints and saves (benchmarks/results/dlpfc.csv/.md; ``--name`` changes the file name) per seed: per-slice and
 pooled ARI/NMI of GMM domains (K=7) against the layers, within-layer batch mixing, factor diversity, wall time and
@@ -9,8 +9,8 @@ peak memory; the same scores for a plain baseline (PCA of neighbour-smoothed exp
 seeds. Each representation is clustered as is and with ``tl.domains(refine=3)`` (neighbour majority vote after the
 GMM). Rows named "factors" cluster the centred log-ratios of the spatial factors
 (``tl.domains(use_rep="inspire_factors")``) instead of the latent space. sd-inspire runs once per latent width in
-``--n-latent`` (default: ``tl.integrate``'s), with ``--n-factors`` factors and the encoder ``--encoder``
-(``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612 (published INSPIRE on
+``--n-latent`` (default: ``tl.integrate``'s), with ``--n-factors`` factors, the encoder ``--encoder`` and its
+input ``--features`` (``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612 (published INSPIRE on
 these slices). Five seeds by default: with fewer, the spread is misleading, because the GMM on some latent spaces
 lands in a partition that splits the upper layers along the tissue instead of across it.
 """
@@ -28,6 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_ENCODER,
+    DEFAULT_FEATURES,
     DEFAULT_N_FACTORS,
     DEFAULT_N_LATENT,
     SHARED_DATA,
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-latent", type=int, nargs="+", default=[DEFAULT_N_LATENT])
     parser.add_argument("--n-factors", type=int, default=DEFAULT_N_FACTORS)
     parser.add_argument("--encoder", choices=("lgcn", "gat"), default=DEFAULT_ENCODER)
+    parser.add_argument("--features", choices=("pearson", "lognorm"), default=DEFAULT_FEATURES)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--n-top-genes", type=int, default=3000)
     parser.add_argument("--name", default="dlpfc")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(scores(table, "X_baseline", table.obs["b"].to_numpy(), name, seed, extra))
 
     for n_latent in args.n_latent:
-        label = model_label(n_latent, args.encoder, args.n_factors)
+        label = model_label(n_latent, args.encoder, args.n_factors, args.features)
         for seed in args.seeds:
             t0 = time.perf_counter()
             si.tl.integrate(
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_latent=n_latent,
                 n_factors=args.n_factors,
                 encoder=args.encoder,
+                features=args.features,
                 max_steps=args.max_steps,
                 random_state=seed,
                 show_progress_bar=False,

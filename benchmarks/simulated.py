@@ -1,19 +1,22 @@
 """sd-inspire against unintegrated baselines on simulated slices with ground truth.
 
     .venv/bin/python benchmarks/simulated.py [--seeds 0 1 2] [--n-spots 2000] [--max-steps N] [--n-latent 32 16]
+        [--features pearson lognorm]
 
 Two scenarios from ``sd_inspire.datasets.simulate``: four Visium-like replicates with strong per-slice batch effects,
 and four technologies (Visium, Stereo-seq, Slide-seq, MERFISH panel) in the union gene space. For each: ARI/NMI of
 domains (GMM, K = number of true domains) against the true domains, batch mixing within true domains, and factor
 recovery (best correlation of a factor with each true cell-type proportion), for sd-inspire and two baselines:
 PCA of the log expression and PCA of the neighbour-smoothed log expression (Â²X), both without integration.
-sd-inspire runs once per latent width in ``--n-latent`` (the default of ``tl.integrate`` is labelled plainly).
+sd-inspire runs once per latent width in ``--n-latent`` and encoder input in ``--features`` (the defaults of
+``tl.integrate`` are labelled plainly).
 Writes benchmarks/results/simulated.csv/.md (``--name`` changes the file name).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_N_LATENT, model_label, peak_rss_gb, report, setup
+from _common import DEFAULT_FEATURES, DEFAULT_N_LATENT, model_label, peak_rss_gb, report, setup
 
 SCENARIOS = {
     "replicates": {"technology": "visium", "batch_effect": 0.8},
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-genes", type=int, default=1000)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--n-latent", type=int, nargs="+", default=[DEFAULT_N_LATENT])
+    parser.add_argument("--features", nargs="+", choices=("pearson", "lognorm"), default=[DEFAULT_FEATURES])
     parser.add_argument("--name", default="simulated")
     args = parser.parse_args(argv)
     setup()
@@ -83,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                 adata.obsm[key] = PCA(30, random_state=seed).fit_transform(feats)
                 si.tl.domains(adata, n_domains=n_domains, use_rep=key, key_added="d", random_state=seed)
                 rows.append(score(adata, key, adata.obs["d"].to_numpy(), name, scenario, seed))
-            for n_latent in args.n_latent:
-                label = model_label(n_latent)
+            for n_latent, features in itertools.product(args.n_latent, args.features):
+                label = model_label(n_latent, features=features)
                 start = time.perf_counter()
                 si.tl.integrate(
-                    adata, n_latent=n_latent, max_steps=args.max_steps, random_state=seed, show_progress_bar=False
+                    adata,
+                    n_latent=n_latent,
+                    features=features,
+                    max_steps=args.max_steps,
+                    random_state=seed,
+                    show_progress_bar=False,
                 )
                 seconds = time.perf_counter() - start
                 si.tl.domains(adata, n_domains=n_domains, random_state=seed)

@@ -92,6 +92,22 @@ def test_save_load_roundtrip(trained, tiny, tmp_path):
         InspireModel.load(tmp_path / "empty", tiny)
 
 
+def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
+    """A model file without `features` in its parameters was trained on log-normalised input and loads as such."""
+    import json
+
+    model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16, features="lognorm")
+    model.train(max_steps=5, batch_size=64, show_progress_bar=False)
+    model.save(tmp_path / "m")
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["params"]["features"]
+    meta_file.write_text(json.dumps(meta))
+    loaded = InspireModel.load(tmp_path / "m", tiny)
+    assert loaded.params["features"] == "lognorm"
+    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+
+
 def test_checkpoint_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
     kwargs = {"n_factors": 3, "n_latent": 4, "n_hidden": 16, "random_state": 2}
     train = {"max_steps": 30, "batch_size": 64, "show_progress_bar": False}
@@ -177,6 +193,63 @@ def test_large_data_pca_matches_scikit_learn():
     codes = np.arange(50) % 3
     _, _, per_slice = _library_and_saturated(counts, chunk_size=7, codes=codes, n_slices=3)
     np.testing.assert_allclose(per_slice, np.vstack([dense[codes == k].sum(axis=0) for k in range(3)]))
+
+
+def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
+    """Features from Pearson residuals: scanpy's residuals, standardised per slice, then scikit-learn's PCA."""
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+    from sklearn.decomposition import PCA
+
+    from sd_inspire.model._data import PEARSON_THETA, _library_and_saturated, pearson_pca
+
+    rng = np.random.default_rng(0)
+    codes = np.repeat([0, 1, 2], [120, 90, 150])
+    depth = rng.lognormal(0.0, 0.6, codes.size)[:, None] * np.array([1.0, 3.0, 0.5])[codes][:, None]
+    counts = rng.poisson(depth * rng.gamma(1.0, 2.0, 25)).astype(np.float32)
+    counts[codes == 1, 3] = 0  # a gene without counts in one slice: residual 0 there
+    counts = sparse.csr_matrix(counts)
+    columns = np.array([0, 1, 2, 3, 5, 8, 13, 21, 22, 24])
+    _, _, totals = _library_and_saturated(counts, 50, codes, 3)
+    y, first_variance = pearson_pca(counts, totals, codes, columns, 4, chunk_size=37)  # several chunks
+
+    residuals = np.zeros((codes.size, columns.size))
+    for k in range(3):
+        part = ad.AnnData(counts[codes == k][:, columns].toarray())
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 on the gene without counts
+            sc.experimental.pp.normalize_pearson_residuals(part, theta=PEARSON_THETA)
+        r = np.nan_to_num(part.X)
+        sd = r.std(axis=0)
+        residuals[codes == k] = np.divide(r - r.mean(axis=0), sd, out=np.zeros_like(r), where=sd > 1e-8)
+    pca = PCA(4, svd_solver="full").fit(residuals)
+    expected = residuals @ pca.components_.T
+    signs = np.sign(
+        expected[np.argmax(np.abs(y), axis=0), np.arange(4)] * y[np.argmax(np.abs(y), axis=0), np.arange(4)]
+    )
+    np.testing.assert_allclose(y, expected * signs, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        first_variance, pca.explained_variance_[0] * (codes.size - 1) / (codes.size - 3), rtol=1e-5
+    )
+    for k in range(3):
+        np.testing.assert_allclose(y[codes == k].mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_features_pearson_leave_out_depth_lognorm_keep_it():
+    """Reductions of Pearson residuals carry less of the spot depth than those of log-normalised values."""
+    from sklearn.linear_model import LinearRegression
+
+    adata = _tiny(seed=5)
+    log_depth = np.log(np.asarray(adata.layers["counts"].sum(axis=1)).ravel())
+    r2 = {}
+    for features in ("pearson", "lognorm"):
+        model = InspireModel(adata, n_factors=3, n_latent=4, n_hidden=16, n_hops=0, features=features)
+        assert model.params["features"] == features
+        y = model.data.features
+        r2[features] = LinearRegression().fit(y, log_depth).score(y, log_depth)
+    assert r2["pearson"] < r2["lognorm"] - 0.2, r2
+    with pytest.raises(ValueError, match="`features` must be 'pearson' or 'lognorm', got 'pca'"):
+        InspireModel(adata, n_factors=3, features="pca")
 
 
 def test_multinomial_nll_equals_the_renormalised_rates():

@@ -30,7 +30,7 @@ _GRAM_CHUNK = 4096
 class ModelData:
     """Everything the trainer reads, aligned on the rows of the table."""
 
-    features: np.ndarray  # n x p float32: [Y, ÂY, ..., Â^k Y] with Y a reduction of the log expression
+    features: np.ndarray  # n x p float32: [Y, ÂY, ..., Â^k Y] with Y a reduction of the expression
     counts: Any  # n x G raw counts of the gene space: SciPy CSR, or a dask array when kept on disk
     library: np.ndarray  # n, counts over the gene space
     saturated: np.ndarray  # n, sum_g x log(x / l): the Poisson deviance's saturated term
@@ -59,11 +59,15 @@ def prepare(
     n_hops: int,
     connectivity_key: str,
     seed: int,
+    features: str = "pearson",
     chunk_size: int = 20_000,
 ) -> ModelData:
-    """Build :class:`ModelData` from a table preprocessed by :func:`sd_inspire.pp.preprocess` with a graph."""
-    from sklearn.decomposition import PCA
+    """Build :class:`ModelData` from a table preprocessed by :func:`sd_inspire.pp.preprocess` with a graph.
 
+    ``features`` is the reduction ``Y`` of the encoder's input: ``"pearson"``, principal components of the analytic
+    Pearson residuals of the counts (:func:`pearson_pca`); ``"lognorm"``, of the log-normalised ``X``. Both are
+    centred within each slice.
+    """
     if Key.HIGHLY_VARIABLE not in adata.var:
         raise KeyError("`adata.var['highly_variable']` is missing: run `sd_inspire.pp.preprocess` first.")
     if Key.COUNTS not in adata.layers:
@@ -104,21 +108,12 @@ def prepare(
     # Encoder features: genes measured by every slice (all of the gene space if none is shared by all)
     shared = mask.all(axis=0)
     feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
-    columns = np.flatnonzero(hv)[feat_genes]
-    # no column copy when every gene is a feature (the expression is only read)
-    x = adata.X if columns.size == adata.n_vars else adata.X[:, columns]
-    if not is_lazy(x):
-        x = sparse.csr_matrix(x, dtype=np.float32)
-    # centre each slice: removes slice-wide shifts before the reduction
-    n_comp = int(min(n_pcs, x.shape[1] - 1, x.shape[0] - 1))
-    if x.shape[0] * x.shape[1] <= 50_000_000 and not is_lazy(x):
-        means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(len(slice_names))])
-        pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
-        y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
-        first_variance = float(pca.explained_variance_[0])
-    else:  # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
-        y, first_variance = _sparse_pca(x, n_comp, chunk_size)
-        y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]
+    n_comp = int(min(n_pcs, int(feat_genes.sum()) - 1, adata.n_obs - 1))
+    if features == "pearson":
+        y, first_variance = pearson_pca(counts, gene_totals, codes, np.flatnonzero(feat_genes), n_comp, chunk_size)
+    else:
+        columns = np.flatnonzero(hv)[feat_genes]
+        y, first_variance = _lognorm_pca(adata, columns, codes, len(slice_names), n_comp, seed, chunk_size)
     y /= max(float(np.sqrt(first_variance)), 1e-8)  # unit scale on the first component
 
     graph = sparse.csr_matrix(adata.obsp[connectivity_key])
@@ -127,9 +122,8 @@ def prepare(
     for _ in range(n_hops):
         cur = matmul_rows(a_hat, cur, chunk_size)
         blocks.append(cur)
-    features = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
     return ModelData(
-        features=features,
+        features=np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
         counts=counts,
         library=library,
         saturated=saturated,
@@ -169,6 +163,123 @@ def _slice_log_ratio(gene_totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
         ratio = np.log(own / own.sum()) - np.log(pooled / pooled.sum())
         out[s, m] = ratio - ratio.mean()
     return out
+
+
+def _lognorm_pca(
+    adata: AnnData, columns: np.ndarray, codes: np.ndarray, n_slices: int, n_comp: int, seed: int, chunk_size: int
+) -> tuple[np.ndarray, float]:
+    """Principal components of the log-normalised ``X[:, columns]`` centred within each slice, and the first's variance."""
+    from sklearn.decomposition import PCA
+
+    # no column copy when every gene is a feature (the expression is only read)
+    x = adata.X if columns.size == adata.n_vars else adata.X[:, columns]
+    if not is_lazy(x):
+        x = sparse.csr_matrix(x, dtype=np.float32)
+    if x.shape[0] * x.shape[1] <= 50_000_000 and not is_lazy(x):
+        means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(n_slices)])
+        pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
+        y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
+        return y, float(pca.explained_variance_[0])
+    # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
+    y, first_variance = _sparse_pca(x, n_comp, chunk_size)
+    y -= np.vstack([y[codes == k].mean(axis=0) for k in range(n_slices)])[codes]
+    return y, first_variance
+
+
+#: Overdispersion of the analytic Pearson residuals (Lause, Berens & Kobak 2021).
+PEARSON_THETA = 100.0
+
+
+def pearson_pca(
+    counts: Any,
+    gene_totals: np.ndarray,
+    codes: np.ndarray,
+    columns: np.ndarray,
+    n_comp: int,
+    chunk_size: int,
+    theta: float = PEARSON_THETA,
+) -> tuple[np.ndarray, float]:
+    """Principal components of the analytic Pearson residuals of ``counts[:, columns]``, standardised within slices.
+
+    For spot ``i`` of slice ``s`` and gene ``g``, ``μ_ig = n_i p_sg`` with ``n_i`` the spot's counts over the
+    ``columns`` and ``p_sg`` the slice's share of counts on ``g`` (from ``gene_totals``, slices x genes);
+    ``r_ig = (x_ig - μ_ig) / sqrt(μ_ig + μ_ig² / θ)``, clipped to ``±sqrt(n_s)`` (``n_s`` spots in the slice); 0
+    where the slice has no counts on the gene. Unlike log-normalised values, the residuals carry little of the
+    sequencing depth. A gene's residuals scale with ``sqrt(μ)``, so a slice-specific gene effect (or depth) would
+    change their size from slice to slice: each gene is centred and scaled to unit variance within each slice (a
+    gene constant in a slice is 0 there). The axes are the exact top eigenvectors of the pooled within-slice
+    covariance, accumulated over dense row chunks (three passes: moments, covariance, projections; memory ``p²``
+    plus one chunk), so the result depends neither on the chunking nor on a random start. Returns the projections
+    and the variance of the first axis.
+    """
+    n_slices = gene_totals.shape[0]
+    totals = gene_totals[:, columns]
+    share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
+    sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
+    args = (columns, share, np.sqrt(sizes), theta)
+    step = min(chunk_size, _GRAM_CHUNK)  # residuals are dense: a few copies of step x p float64 at a time
+    p = columns.size
+    sums, squares = np.zeros((n_slices, p)), np.zeros((n_slices, p))
+    for _, _, (block_sums, block_squares) in map_row_blocks(
+        counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
+    ):
+        sums += block_sums
+        squares += block_squares
+    means = sums / np.maximum(sizes, 1)[:, None]
+    sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
+    inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
+    gram = np.zeros((p, p))
+    for _, _, block_gram in map_row_blocks(
+        counts, _block_residual_gram, rows=(codes,), args=(*args, means, inv_sd), chunk_size=step
+    ):
+        gram += block_gram
+    cov = gram / max(codes.size - n_slices, 1)
+    values, vectors = _top_axes(cov, n_comp)
+    y = np.empty((codes.size, n_comp), dtype=np.float32)
+    for start, stop, block_y in map_row_blocks(
+        counts, _block_residual_projection, rows=(codes,), args=(*args, means, inv_sd, vectors), chunk_size=step
+    ):
+        y[start:stop] = block_y
+    return y, float(values[0])
+
+
+def _residuals(
+    block: sparse.csr_matrix, codes: np.ndarray, columns: np.ndarray, share: np.ndarray, clip: np.ndarray, theta: float
+) -> np.ndarray:
+    """Dense, clipped Pearson residuals of one row block (see :func:`pearson_pca`)."""
+    x = block[:, columns].toarray().astype(np.float64)
+    mu = x.sum(axis=1, keepdims=True) * share[codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (x - mu) / np.sqrt(mu + mu * mu / theta)
+    r[mu <= 0] = 0.0
+    bound = clip[codes][:, None]
+    return np.clip(r, -bound, bound)
+
+
+def _block_residual_moments(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice sums of the residuals of one row block and of their squares (``args`` of :func:`_residuals`)."""
+    r = _residuals(block, codes, *args)
+    n_slices = args[1].shape[0]
+    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, codes.size))
+    return np.asarray(onehot @ r), np.asarray(onehot @ (r * r))
+
+
+def _standardised_residuals(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """Residuals of one row block standardised per slice: ``args`` of :func:`_residuals`, the means, 1 / sd."""
+    *args, means, inv_sd = args
+    return (_residuals(block, codes, *args) - means[codes]) * inv_sd[codes]
+
+
+def _block_residual_gram(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """``rᵀr`` of the standardised residuals of one row block."""
+    r = _standardised_residuals(block, codes, *args)
+    return r.T @ r
+
+
+def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """Standardised residuals of one row block projected on the axes (the last of ``args``)."""
+    *args, vectors = args
+    return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
 
 
 def _library_and_saturated(
@@ -218,14 +329,24 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
         gram += block_gram  # float32 products of one chunk, summed over chunks in float64
     mean = total / n
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
-    values, vectors = linalg.eigh(cov, subset_by_index=[p - n_comp, p - 1], driver="evr")  # the top n_comp only
-    values, vectors = np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
-    biggest = np.argmax(np.abs(vectors), axis=0)
-    vectors *= np.sign(vectors[biggest, np.arange(n_comp)])
+    values, vectors = _top_axes(cov, n_comp)
     vectors = vectors.astype(np.float32)
     y = matmul_rows(x, vectors, chunk_size)
     y -= (mean @ vectors).astype(np.float32)
     return y, float(values[0])
+
+
+def _top_axes(cov: np.ndarray, n_comp: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_comp`` largest eigenvalues (decreasing) of ``cov`` and their eigenvectors (columns).
+
+    Only those are solved for; signs follow scikit-learn (the largest loading of each axis is positive).
+    """
+    p = cov.shape[0]
+    values, vectors = linalg.eigh(cov, subset_by_index=[p - n_comp, p - 1], driver="evr")
+    values, vectors = np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
+    biggest = np.argmax(np.abs(vectors), axis=0)
+    vectors *= np.sign(vectors[biggest, np.arange(n_comp)])
+    return values, vectors
 
 
 def _block_gram(rows: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

@@ -106,10 +106,12 @@ def domains(
 
     Notes
     -----
-    On the four DLPFC slices (``benchmarks/dlpfc.py``), GMM domains of ``obsm["X_inspire"]`` depend on the GMM's
-    ``random_state`` about as much as on the model's seed (mean per-slice ARI 0.40-0.60 for one trained model);
-    domains of ``use_rep="inspire_factors"`` (log-ratios) moved by less than 0.01 between two GMM seeds for each of
-    five model seeds. Compare a few ``random_state`` values before interpreting domains of the latent space.
+    On the four DLPFC slices (``benchmarks/dlpfc.py``), GMM domains of a latent space trained on log-normalised
+    input (``tl.integrate(features="lognorm")``, which keeps the sequencing depth) depended on the GMM's
+    ``random_state`` about as much as on the model's seed (mean per-slice ARI 0.40-0.60 for one trained model).
+    Domains of the default latent space (Pearson-residual input) and of ``use_rep="inspire_factors"`` (log-ratios)
+    moved by less than 0.01 between two GMM seeds for each of three and five model seeds. Comparing a few
+    ``random_state`` values remains a cheap check before interpreting domains.
 
     Raises
     ------

@@ -33,6 +33,7 @@ def integrate(
     n_latent: int = 32,
     encoder: Literal["lgcn", "gat"] = "lgcn",
     n_hops: int = 2,
+    features: Literal["pearson", "lognorm"] = "pearson",
     max_steps: int | None = None,
     batch_size: int = 1024,
     cross_technology: bool | None = None,
@@ -66,6 +67,10 @@ def integrate(
         ``"lgcn"`` (precomputed sparse neighbour propagation) or ``"gat"`` (graph attention on sampled subgraphs).
     n_hops
         Propagation hops of the ``"lgcn"`` features.
+    features
+        Input of the encoder's linear reduction: ``"pearson"`` (analytic Pearson residuals of the counts, which carry
+        little of the sequencing depth) or ``"lognorm"`` (the log-normalised ``X``), see
+        :class:`sd_inspire.model.InspireModel`.
     max_steps
         Training steps; by default from the size of the largest slice (600 to 3000).
     batch_size
@@ -179,6 +184,7 @@ def integrate(
                 n_latent=n_latent,
                 encoder=encoder,
                 n_hops=n_hops,
+                features=features,
                 cross_technology=cross_technology,
                 random_state=seed,
                 device=device,
