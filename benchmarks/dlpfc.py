@@ -10,9 +10,9 @@ seeds. Each representation is clustered as is and with ``tl.domains(refine=3)`` 
 GMM). Rows named "factors" cluster the centred log-ratios of the spatial factors
 (``tl.domains(use_rep="inspire_factors")``) instead of the latent space. sd-inspire runs once per latent width in
 ``--n-latent`` (default: ``tl.integrate``'s), with ``--n-factors`` factors, the encoder ``--encoder`` and its
-input ``--features`` (``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612 (published INSPIRE on
-these slices). Five seeds by default: with fewer, the spread is misleading, because the GMM on some latent spaces
-lands in a partition that splits the upper layers along the tissue instead of across it.
+input ``--features`` (``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612
+(published INSPIRE on these slices). Five seeds by default: with fewer, the spread is misleading, because the GMM on
+some latent spaces lands in a partition that splits the upper layers along the tissue instead of across it.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_save_load_roundtrip(trained, tiny, tmp_path):
 
 
 def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
-    """A model file without `features` in its parameters was trained on log-normalised input and loads as such."""
+    """Model files and checkpoints without `features` were trained on log-normalised input and are read as such."""
     import json
 
     model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16, features="lognorm")
@@ -106,6 +106,20 @@ def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
     loaded = InspireModel.load(tmp_path / "m", tiny)
     assert loaded.params["features"] == "lognorm"
     np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+
+    # a checkpoint of that time resumes with the input it was trained on, and only with it
+    kwargs = {"n_factors": 3, "n_latent": 4, "n_hidden": 16}
+    train = {"max_steps": 10, "batch_size": 64, "show_progress_bar": False, "checkpoint_dir": tmp_path / "c"}
+    InspireModel(tiny, **kwargs, features="lognorm").train(**train, checkpoint_every=5)
+    meta_file = tmp_path / "c" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["params"]["features"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="params do not match"):
+        InspireModel(tiny, **kwargs, features="pearson").train(**train)
+    resumed = InspireModel(tiny, **kwargs, features="lognorm")
+    resumed.train(**train)
+    assert resumed.is_trained
 
 
 def test_checkpoint_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):

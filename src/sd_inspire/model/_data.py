@@ -168,7 +168,7 @@ def _slice_log_ratio(gene_totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _lognorm_pca(
     adata: AnnData, columns: np.ndarray, codes: np.ndarray, n_slices: int, n_comp: int, seed: int, chunk_size: int
 ) -> tuple[np.ndarray, float]:
-    """Principal components of the log-normalised ``X[:, columns]`` centred within each slice, and the first's variance."""
+    """Principal components of the log-normalised ``X[:, columns]``, centred within slices; the first's variance."""
     from sklearn.decomposition import PCA
 
     # no column copy when every gene is a feature (the expression is only read)
@@ -259,8 +259,7 @@ def _residuals(
 def _block_residual_moments(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-slice sums of the residuals of one row block and of their squares (``args`` of :func:`_residuals`)."""
     r = _residuals(block, codes, *args)
-    n_slices = args[1].shape[0]
-    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, codes.size))
+    onehot = _slice_indicator(codes, args[1].shape[0])
     return np.asarray(onehot @ r), np.asarray(onehot @ (r * r))
 
 
@@ -280,6 +279,11 @@ def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *arg
     """Standardised residuals of one row block projected on the axes (the last of ``args``)."""
     *args, vectors = args
     return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
+
+
+def _slice_indicator(codes: np.ndarray, n_slices: int) -> sparse.csr_matrix:
+    """Sparse slices x rows indicator: ``indicator @ rows`` sums the rows of each slice."""
+    return sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, codes.size))
 
 
 def _library_and_saturated(
@@ -309,8 +313,7 @@ def _block_library_and_saturated(
     lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
         terms = block.data * np.log(block.data / lib[rows])
-    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, block.shape[0]))
-    genes = np.asarray((onehot @ block).todense(), dtype=np.float64)
+    genes = np.asarray((_slice_indicator(codes, n_slices) @ block).todense(), dtype=np.float64)
     return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes
 
 

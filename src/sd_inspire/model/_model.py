@@ -279,7 +279,7 @@ class InspireModel:
                 checkpoint = folder / name
                 meta = folder / _META_FILE
                 if checkpoint.exists() and meta.exists():
-                    self._check_metadata(json.loads(meta.read_text()), str(folder))
+                    self._check_metadata(_read_metadata(meta), str(folder))
                     trainer.load_state(torch.load(checkpoint, weights_only=True, map_location=self.device))
                     logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
                 if self.world.is_main:
@@ -386,9 +386,7 @@ class InspireModel:
         folder = Path(path)
         if not (folder / _WEIGHTS_FILE).exists() or not (folder / _META_FILE).exists():
             raise FileNotFoundError(f"{str(folder)!r} holds no model ({_WEIGHTS_FILE} and {_META_FILE} expected).")
-        meta = json.loads((folder / _META_FILE).read_text())
-        # saved before `features` existed: trained on log-normalised input
-        meta["params"] = {"features": "lognorm", **meta["params"]}
+        meta = _read_metadata(folder / _META_FILE)
         model = cls(adata, **meta["params"], random_state=meta["random_state"], device=device)
         model.seed = int(meta["seed"])
         model._check_metadata(meta, str(folder))
@@ -397,6 +395,17 @@ class InspireModel:
         model.history = meta.get("history", {})
         model.is_trained = bool(meta["is_trained"])
         return model
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    """Metadata of a saved model or checkpoint, with parameters added since it was written filled in.
+
+    A missing parameter gets the value the model was trained with: ``features="lognorm"``, the only input before the
+    parameter existed.
+    """
+    meta = json.loads(path.read_text())
+    meta["params"] = {"features": "lognorm", **meta["params"]}
+    return meta
 
 
 def _device(device: str | torch.device) -> torch.device:
