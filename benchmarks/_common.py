@@ -30,6 +30,7 @@ DEFAULT_N_LATENT = _integrate_default("n_latent")
 DEFAULT_ENCODER = _integrate_default("encoder")
 DEFAULT_N_FACTORS = _integrate_default("n_factors")
 DEFAULT_FEATURES = _integrate_default("features")
+DEFAULT_N_HOPS = _integrate_default("n_hops")
 
 
 def model_label(
@@ -37,6 +38,7 @@ def model_label(
     encoder: str = DEFAULT_ENCODER,
     n_factors: int = DEFAULT_N_FACTORS,
     features: str = DEFAULT_FEATURES,
+    n_hops: int = DEFAULT_N_HOPS,
 ) -> str:
     """Name of sd-inspire in result tables: plain with ``tl.integrate``'s defaults, else with what differs."""
     settings = (
@@ -44,6 +46,7 @@ def model_label(
         ("n_latent", n_latent, DEFAULT_N_LATENT),
         ("n_factors", n_factors, DEFAULT_N_FACTORS),
         ("features", features, DEFAULT_FEATURES),
+        ("n_hops", n_hops, DEFAULT_N_HOPS),
     )
     changed = [f"{k}={v}" for k, v, d in settings if v != d]
     return "sd-inspire" + (f" ({', '.join(changed)})" if changed else "")

@@ -1,7 +1,7 @@
 """sd-inspire against unintegrated baselines on simulated slices with ground truth.
 
     .venv/bin/python benchmarks/simulated.py [--seeds 0 1 2] [--n-spots 2000] [--max-steps N] [--n-latent 32 16]
-        [--features pearson lognorm]
+        [--features pearson lognorm] [--n-hops 2] [--extra-components 2]
 
 Two scenarios from ``sd_inspire.datasets.simulate``: four Visium-like replicates with strong per-slice batch effects,
 and four technologies (Visium, Stereo-seq, Slide-seq, MERFISH panel) in the union gene space. For each: ARI/NMI of
@@ -9,7 +9,9 @@ domains (GMM, K = number of true domains) against the true domains, batch mixing
 recovery (best correlation of a factor with each true cell-type proportion), for sd-inspire and two baselines:
 PCA of the log expression and PCA of the neighbour-smoothed log expression (Â²X), both without integration.
 sd-inspire runs once per latent width in ``--n-latent`` and encoder input in ``--features`` (the defaults of
-``tl.integrate`` are labelled plainly).
+``tl.integrate`` are labelled plainly), with ``--n-hops`` hops. Rows marked "K+2→K" fit a GMM with
+``--extra-components`` more components than domains and merge them (``tl.domains(n_components=K + 2)``;
+``--extra-components 0`` leaves these rows out).
 Writes benchmarks/results/simulated.csv/.md (``--name`` changes the file name).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_FEATURES, DEFAULT_N_LATENT, model_label, peak_rss_gb, report, setup
+from _common import DEFAULT_FEATURES, DEFAULT_N_HOPS, DEFAULT_N_LATENT, model_label, peak_rss_gb, report, setup
 
 SCENARIOS = {
     "replicates": {"technology": "visium", "batch_effect": 0.8},
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--n-latent", type=int, nargs="+", default=[DEFAULT_N_LATENT])
     parser.add_argument("--features", nargs="+", choices=("pearson", "lognorm"), default=[DEFAULT_FEATURES])
+    parser.add_argument("--n-hops", type=int, default=DEFAULT_N_HOPS)
+    parser.add_argument("--extra-components", type=int, default=2)
     parser.add_argument("--name", default="simulated")
     args = parser.parse_args(argv)
     setup()
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 4, n_spots=args.n_spots, n_genes=args.n_genes, random_state=seed, output="anndata", **kwargs
             )
             n_domains = adata.obs["domain"].nunique()
+            clusterings = [("", {})]
+            if args.extra_components:
+                merged = f", K+{args.extra_components}→K"
+                clusterings.append((merged, {"n_components": n_domains + args.extra_components}))
             gene_space = "union" if scenario == "cross-technology" else "shared"
             si.pp.preprocess(adata, n_top_genes=min(2000, args.n_genes), gene_space=gene_space)
             si.gr.spatial_neighbors(adata)
@@ -85,34 +93,31 @@ def main(argv: list[str] | None = None) -> int:
             for name, feats in (("PCA(X)", x), ("PCA(Â²X)", a_hat @ (a_hat @ x))):
                 key = "X_" + name
                 adata.obsm[key] = PCA(30, random_state=seed).fit_transform(feats)
-                si.tl.domains(adata, n_domains=n_domains, use_rep=key, key_added="d", random_state=seed)
-                rows.append(score(adata, key, adata.obs["d"].to_numpy(), name, scenario, seed))
+                for suffix, clustering in clusterings:
+                    si.tl.domains(
+                        adata, n_domains=n_domains, use_rep=key, key_added="d", random_state=seed, **clustering
+                    )
+                    rows.append(score(adata, key, adata.obs["d"].to_numpy(), name + suffix, scenario, seed))
             for n_latent, features in itertools.product(args.n_latent, args.features):
-                label = model_label(n_latent, features=features)
+                label = model_label(n_latent, features=features, n_hops=args.n_hops)
                 start = time.perf_counter()
                 si.tl.integrate(
                     adata,
                     n_latent=n_latent,
                     features=features,
+                    n_hops=args.n_hops,
                     max_steps=args.max_steps,
                     random_state=seed,
                     show_progress_bar=False,
                 )
                 seconds = time.perf_counter() - start
-                si.tl.domains(adata, n_domains=n_domains, random_state=seed)
-                rows.append(
-                    score(
-                        adata,
-                        "X_inspire",
-                        adata.obs["inspire_domain"].to_numpy(),
-                        label,
-                        scenario,
-                        seed,
-                        factors=adata.obsm["inspire_factors"],
-                        extra={"seconds": round(seconds, 1), "peak GB": round(peak_rss_gb(), 2)},
-                    )
-                )
-                print(rows[-1], flush=True)
+                extra = {"seconds": round(seconds, 1), "peak GB": round(peak_rss_gb(), 2)}
+                for suffix, clustering in clusterings:
+                    si.tl.domains(adata, n_domains=n_domains, random_state=seed, **clustering)
+                    labels = adata.obs["inspire_domain"].to_numpy()
+                    factors = adata.obsm["inspire_factors"]
+                    rows.append(score(adata, "X_inspire", labels, label + suffix, scenario, seed, factors, extra))
+                    print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     cols = ["ARI pooled", "ARI mean per slice", "NMI pooled", "mixing (within domain)", "factor recovery"]
     summary = table.groupby(["scenario", "method"], sort=False)[cols].agg(["mean", "std"])

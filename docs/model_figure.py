@@ -18,7 +18,7 @@ BOXES = {  # name: (x, y, width, height, label, colour)
         2.2,
         2.3,
         1.6,
-        "input features\n$h_i = [y_i;\\ (\\hat A y)_i;\\ (\\hat A^2 y)_i]$\n$y$: PCA of Pearson\nresiduals",
+        "input features\n$h_i = [y_i;\\ \\hat A y_i;\\ \\dots;\\ \\hat A^3 y_i]$\n$y$: PCA of Pearson\nresiduals",
         "#e8eef7",
     ),
     "encoder": (5.5, 2.4, 1.6, 1.2, "encoder\n$z_i = f(h_i)$", "#fde9d9"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import subprocess
@@ -18,7 +19,7 @@ from tests.io.test_slideseq import make_puck, write_slideseq
 from tests.io.test_visium import write_visium
 
 import sd_inspire as si
-from sd_inspire._cli import CLIError, _slice_name, main
+from sd_inspire._cli import CLIError, _slice_name, build_parser, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DLPFC_SLICE = SHARED_DATA / "visium" / "DLPFC_151673-151676" / "151673"
@@ -74,7 +75,7 @@ def integrated(sim_store, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("integrated")
     out, figures = folder / "out.zarr", folder / "figures"
     argv = [sim_store, "-o", out, "--n-factors", "4", "--max-steps", "10", "--batch-size", "128"]
-    code, stdout, stderr = run("integrate", *argv, "--n-domains", "3", "--figures", figures)
+    code, stdout, stderr = run("integrate", *argv, "--n-domains", "3", "--n-components", "4", "--figures", figures)
     return {"code": code, "stdout": stdout, "stderr": stderr, "out": out, "figures": figures, "argv": argv}
 
 
@@ -97,6 +98,8 @@ def test_help_lists_commands_and_options():
     assert "exit status" in stdout
     stdout = run("integrate", "--help")[1]
     for option in ("--n-factors", "--n-latent", "--n-domains", "--max-steps", "--n-models", "--seed", "--device"):
+        assert option in stdout
+    for option in ("--encoder", "--n-hops", "--features", "pearson", "lognorm", "gat", "--n-components"):
         assert option in stdout
     for option in ("--overwrite", "--figures", 'obsm["X_inspire"]'):
         assert option in stdout
@@ -121,6 +124,9 @@ def test_version():
         ["read", "a", "b", "-o", "x.zarr", "--name", "only_one"],
         ["read", "a", "-o", "x.zarr", "--technology", "xenium"],
         ["integrate", "in.zarr", "-o", "x.zarr", "--n-factors", "many"],
+        ["integrate", "in.zarr", "-o", "x.zarr", "--features", "raw"],
+        ["integrate", "in.zarr", "-o", "x.zarr", "--encoder", "gcn"],
+        ["integrate", "in.zarr", "-o", "x.zarr", "--n-components", "5"],  # without --n-domains
     ],
 )
 def test_usage_error(argv, tmp_path):
@@ -337,6 +343,7 @@ def test_integrate_end_to_end(integrated, sim_store):
     np.testing.assert_allclose(factors.sum(axis=1), 1, rtol=1e-4)
     assert table.varm["inspire_loadings"].shape == (100, 4)
     assert table.obs["inspire_domain"].nunique() == 3
+    assert table.uns["inspire_domain"]["n_components"] == 4
     assert len(table.uns["inspire"]["history"]["loss"]) == 10
     assert "counts" in table.layers
     assert "spatial_connectivities" in table.obsp
@@ -411,11 +418,33 @@ def test_integrate_several_stores(tmp_path, sim_store):
     assert stderr == ""
 
 
+def test_integrate_defaults_are_those_of_tl_integrate():
+    """Options left out give ``tl.integrate``'s own defaults, so the command and the function train the same model."""
+    args = build_parser().parse_args(["integrate", "in.zarr", "-o", "out.zarr"])
+    defaults = {k: p.default for k, p in inspect.signature(si.tl.integrate).parameters.items()}
+    for option in ("n_factors", "n_latent", "encoder", "n_hops", "features", "max_steps", "batch_size", "n_models"):
+        assert getattr(args, option) == defaults[option], option
+    assert args.device == defaults["device"]
+    assert args.seed == defaults["random_state"]
+
+
+def test_integrate_model_options(sim_store, tmp_path):
+    """--encoder, --n-hops and --features reach the model (recorded in ``uns["inspire"]["params"]``)."""
+    out = tmp_path / "out.zarr"
+    argv = ["-o", out, "--n-factors", "3", "--max-steps", "1", "--batch-size", "64", "--no-progress"]
+    code, _, stderr = run("integrate", sim_store, *argv, "--features", "lognorm", "--n-hops", "1")
+    assert code == 0, stderr
+    params = spatialdata.read_zarr(out)["table"].uns["inspire"]["params"]
+    assert (params["encoder"], params["n_hops"], params["features"]) == ("lgcn", 1, "lognorm")
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [
         (["--n-factors", "0"], "--n-factors"),
         (["--max-steps", "-5"], "--max-steps"),
+        (["--n-hops", "-1"], "--n-hops"),
+        (["--n-domains", "3", "--n-components", "2"], "--n-components must be at least --n-domains (3)"),
         (["--device", "gpu"], "'gpu'"),
     ],
 )

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 PROG = "sd-inspire"
 TECHNOLOGIES = ("visium", "stereoseq", "slideseq", "merfish")
+#: Choices of ``tl.integrate``'s ``encoder`` and ``features`` (the first is its default).
+ENCODERS = ("lgcn", "gat")
+FEATURES = ("pearson", "lognorm")
 #: Exit status of an error the user can fix (wrong path, unreadable file, bad value); argparse uses 2 for usage.
 EXIT_ERROR = 1
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -232,7 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-factors", type=int, default=20, metavar="F", help="spatial factors / gene programs (default: 20)"
     )
     integrate.add_argument("--n-latent", type=int, default=32, metavar="D", help="latent dimensions (default: 32)")
+    integrate.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default="lgcn",
+        help="graph encoder: neighbour propagation or attention (default: lgcn)",
+    )
+    integrate.add_argument(
+        "--n-hops", type=int, default=3, metavar="H", help="neighbour hops the encoder sees, 0 for none (default: 3)"
+    )
+    integrate.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="pearson",
+        help="encoder input: PCA of Pearson residuals or of log-normalised values (default: pearson)",
+    )
     integrate.add_argument("--n-domains", type=int, metavar="K", help="also cluster K spatial domains (GMM)")
+    integrate.add_argument(
+        "--n-components",
+        type=int,
+        metavar="C",
+        help="fit C GMM components and merge them into the K domains, e.g. K+2 for layered tissue (default: K)",
+    )
     integrate.add_argument(
         "--max-steps", type=int, metavar="N", help="training steps (default: from the data size, 600 to 3000)"
     )
@@ -314,6 +338,12 @@ def _integrate(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    if args.n_components is not None and not args.n_domains:
+        _usage(args, "--n-components needs --n-domains")
+    if args.n_components is not None and args.n_components < args.n_domains:
+        raise CLIError(f"--n-components must be at least --n-domains ({args.n_domains}), got {args.n_components}")
+    if args.n_hops < 0:
+        raise CLIError(f"--n-hops must be an integer >= 0, got {args.n_hops}")
     if not _DEVICE.fullmatch(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     for store in args.stores:
@@ -336,6 +366,9 @@ def _integrate(args: argparse.Namespace) -> int:
         sdata,
         n_factors=args.n_factors,
         n_latent=args.n_latent,
+        encoder=args.encoder,
+        n_hops=args.n_hops,
+        features=args.features,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         n_models=args.n_models,
@@ -345,7 +378,7 @@ def _integrate(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     if args.n_domains:
-        si.tl.domains(sdata, n_domains=args.n_domains, random_state=args.seed)
+        si.tl.domains(sdata, n_domains=args.n_domains, n_components=args.n_components, random_state=args.seed)
     written = _written(before, _keys(sdata), domains=bool(args.n_domains))
     _write_store(sdata, args.output)
     for path in figures:

@@ -9,7 +9,7 @@ import pytest
 from anndata import AnnData
 
 import sd_inspire as si
-from sd_inspire.tl._domains import domains
+from sd_inspire.tl._domains import _merge_ward, domains
 from sd_inspire.tl.metrics import ari
 
 HAS_LEIDEN = importlib.util.find_spec("igraph") is not None and importlib.util.find_spec("leidenalg") is not None
@@ -46,6 +46,7 @@ def test_recovers_blobs(method):
         "smooth": 0,
         "refine": 0,
         **({"covariance_type": "tied"} if method == "gmm" else {}),
+        "n_components": 4,
         "log_ratio": False,
         "random_state": 0,
         "seed": adata.uns["inspire_domain"]["seed"],
@@ -61,6 +62,74 @@ def test_gmm_covariance_types(covariance_type):
     assert adata.uns["inspire_domain"]["covariance_type"] == covariance_type
     with pytest.raises(ValueError, match="covariance_type"):
         domains(adata, n_domains=3, covariance_type="EEE")
+
+
+def _split_blobs(seed=0):
+    """Three far-apart domains (truth in obs["blob"]), each made of two sub-blobs 6 sd apart along a gradient."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0, 0, 0], [60, 0, 0], [0, 60, 0]], dtype=float)
+    step = np.array([0, 0, 6.0])
+    parts, truth = [], []
+    for domain, centre in enumerate(centres):
+        for sub in (0, 1):
+            parts.append(centre + sub * step + rng.normal(size=(50 + 10 * domain, 3)))
+            truth += [domain] * (50 + 10 * domain)
+    adata = AnnData(
+        obs=pd.DataFrame({"blob": np.asarray(truth).astype(str)}, index=[f"c{i}" for i in range(len(truth))])
+    )
+    adata.obsm["X_inspire"] = np.vstack(parts)
+    return adata
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans"])
+@pytest.mark.parametrize("n_components", [4, 6, 9])
+def test_n_components_merge_into_domains(method, n_components, caplog):
+    """More clusters than domains are merged back: each domain is a union of clusters, none straddles two."""
+    adata = _split_blobs()
+    with caplog.at_level(logging.INFO, logger="sd_inspire"):
+        domains(adata, n_domains=3, n_components=n_components, method=method)
+    assert ari(adata.obs["blob"], adata.obs["inspire_domain"]) == 1.0
+    assert adata.uns["inspire_domain"]["n_components"] == n_components
+    assert adata.uns["inspire_domain"]["n_found"] == 3
+    assert f"({n_components} clusters merged)" in caplog.text
+
+
+@pytest.mark.parametrize("covariance_type", ["tied", "full", "diag", "spherical"])
+def test_n_components_with_every_covariance_type(covariance_type):
+    adata = _split_blobs(seed=1)
+    domains(adata, n_domains=3, n_components=6, covariance_type=covariance_type)
+    assert ari(adata.obs["blob"], adata.obs["inspire_domain"]) == 1.0
+
+
+def test_merge_ward_is_ward_linkage():
+    """Merging singletons reproduces scipy's Ward linkage cut into the same number of clusters."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = np.random.default_rng(3).normal(size=(40, 4))
+    for n_clusters in (1, 3, 7, 40):
+        ours = _merge_ward(x, np.arange(40) * 10, n_clusters)  # labels need not be 0..n-1
+        theirs = fcluster(linkage(x, method="ward"), t=n_clusters, criterion="maxclust")
+        assert np.unique(ours).size == n_clusters
+        assert ari(theirs, ours) == 1.0
+    # clusters are merged by the sizes and means of their members, not as points
+    labels = np.array([0] * 10 + [1] + [2])
+    x = np.concatenate([np.zeros(10), [3.0], [5.0]])[:, None]
+    # joining 0 and 1 costs 10*1/11 * 9 = 8.2; joining 1 and 2 costs 1/2 * 4 = 2: 1 and 2 merge although 1 is nearer 0
+    np.testing.assert_array_equal(_merge_ward(x, labels, 2), [0] * 10 + [1, 1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_components": 2}, ValueError, r"between `n_domains` \(3\) and the number of spots \(360\), got 2"),
+        ({"n_components": 361}, ValueError, r"`n_components` must be between"),
+        ({"n_components": 4.5}, TypeError, r"`n_components` must be an integer or None, got 4.5"),
+        ({"n_components": 5, "method": "leiden"}, ValueError, r"Leiden does not merge"),
+    ],
+)
+def test_bad_n_components(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        domains(_split_blobs(), n_domains=3, **kwargs)
 
 
 def _proportions(seed=0):

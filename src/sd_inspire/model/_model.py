@@ -56,7 +56,10 @@ class InspireModel:
         expression (see ``features``), ``Â`` the normalised graph (precomputed, sparse). ``"gat"``: two
         graph-attention layers over 2-hop subgraphs sampled from the graph.
     n_hops
-        Propagation hops ``k`` of the ``"lgcn"`` features.
+        Propagation hops ``k`` of the ``"lgcn"`` features. Three hops (the default; INSPIRE used two) gave
+        Gaussian-mixture domains closer to the DLPFC layers (mean per-slice ARI 0.573 ± 0.003 against 0.565 ±
+        0.002 with two, five seeds) and to the simulated domains across four technologies (0.733 against 0.649,
+        three seeds), for a little less mixing of slices within layers (0.79 against 0.81).
     n_pcs
         Width of the linear reduction ``Y``.
     features
@@ -104,7 +107,7 @@ class InspireModel:
         n_latent: int = 32,
         n_hidden: int = 256,
         encoder: Literal["lgcn", "gat"] = "lgcn",
-        n_hops: int = 2,
+        n_hops: int = 3,
         n_pcs: int = 50,
         features: Literal["pearson", "lognorm"] = "pearson",
         cross_technology: bool | None = None,

@@ -36,6 +36,7 @@ def domains(
     table_key: str | None = None,
     key_added: str = "inspire_domain",
     covariance_type: Literal["tied", "full", "diag", "spherical"] = "tied",
+    n_components: int | None = None,
     log_ratio: bool | None = None,
     smooth: int = 0,
     refine: int = 0,
@@ -74,6 +75,14 @@ def domains(
     covariance_type
         Covariance of the GMM components: ``"tied"`` (one covariance shared by all domains, as mclust's ``EEE``
         model that spatial-domain studies use; the most stable), ``"full"``, ``"diag"`` or ``"spherical"``.
+    n_components
+        Number of GMM components or k-means clusters to fit, then merge down to ``n_domains``: the pair of clusters
+        whose union least increases the within-cluster sum of squares (Ward's criterion, on the cluster means
+        weighted by their sizes) is merged, again and again. For a GMM the sums of squares are taken in the space
+        whitened by the components' (size-weighted average) covariance, so that the merging follows the mixture's
+        own distances. A domain can then be a union of several Gaussian components: this fits domains with a
+        gradient inside them, as cortical layers have, and keeps the mixed spots on a boundary between two domains
+        from becoming a domain of their own (see Notes). ``None``: ``n_domains``, no merging. Not used by Leiden.
     log_ratio
         Cluster the centred log-ratios ``log(p + 1e-3) - mean(log(p + 1e-3))`` of each row instead of the values, the
         usual coordinates for proportions (a Gaussian mixture on proportions that sum to 1 has a singular covariance
@@ -100,9 +109,9 @@ def domains(
     - ``obs[key_added]``: categorical domain of each spot, categories ``"0"``, ``"1"``, ... (only domains that
       hold at least one spot);
     - ``uns[key_added]``: ``method``, ``n_domains``, ``use_rep``, ``smooth``, ``refine``, ``covariance_type``
-      (GMM), ``log_ratio`` (whether the log-ratios were clustered), ``random_state`` (the integer seed given, or
-      ``None``), ``seed`` (the integer actually passed to the clustering), ``n_found`` (number of domains found)
-      and, for Leiden, ``resolution``.
+      (GMM), ``n_components`` (GMM and k-means), ``log_ratio`` (whether the log-ratios were clustered),
+      ``random_state`` (the integer seed given, or ``None``), ``seed`` (the integer actually passed to the
+      clustering), ``n_found`` (number of domains found) and, for Leiden, ``resolution``.
 
     Notes
     -----
@@ -112,6 +121,15 @@ def domains(
     Domains of the default latent space (Pearson-residual input) and of ``use_rep="inspire_factors"`` (log-ratios)
     moved by less than 0.01 between two GMM seeds for each of three and five model seeds. Comparing a few
     ``random_state`` values remains a cheap check before interpreting domains.
+
+    With ``n_components=n_domains``, a GMM on the DLPFC latent space cuts the cortex where the layers are not: the
+    mixed spots between layer 6 and the white matter become a domain of their own, layer 3 (thick, with a gradient
+    inside it) is split in two, and the thin layer 4 joins layer 3. Nine components merged into seven domains
+    (``n_components=9``, ``refine=3``) raised the mean per-slice ARI against the manual layers from 0.573 ± 0.003 to
+    0.621 ± 0.005 over five model seeds (PCA of neighbour-smoothed expression: 0.586 to 0.601 ± 0.016). On the
+    simulated slices of ``benchmarks/simulated.py``, whose domains are discrete, two extra components lowered the
+    ARI slightly (0.969 to 0.965, and 0.733 to 0.692 across four technologies), which is why merging is not the
+    default. For tissue organised in layers or gradients, try ``n_components`` one to three above ``n_domains``.
 
     Raises
     ------
@@ -161,6 +179,17 @@ def domains(
             )
     if not 1 <= n_domains <= adata.n_obs:
         raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
+    if n_components is None:
+        n_components = n_domains
+    elif method == "leiden":
+        raise ValueError("`n_components` is for `method='gmm'` or `'kmeans'`; Leiden does not merge clusters.")
+    elif isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):
+        raise TypeError(f"`n_components` must be an integer or None, got {n_components!r}.")
+    elif not n_domains <= n_components <= adata.n_obs:
+        raise ValueError(
+            f"`n_components` must be between `n_domains` ({n_domains}) and the number of spots ({adata.n_obs}), "
+            f"got {n_components}."
+        )
     if log_ratio:
         x = np.log(x + _CLR_PSEUDOCOUNT)
         x -= x.mean(axis=1, keepdims=True)
@@ -171,15 +200,22 @@ def domains(
         a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
         for _ in range(smooth):
             x = matmul_rows(a_mean, x, 20_000).astype(np.float64)
-    n_domains = int(n_domains)
+    n_domains, n_components = int(n_domains), int(n_components)
     seed = int(rng.integers(2**31 - 1))
 
     extra: dict[str, float] = {}
-    with timed(f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}"):
+    merged = f" ({n_components} clusters merged)" if n_components > n_domains else ""
+    with timed(
+        f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}{merged}"
+    ):
         if method == "gmm":
-            labels = _gmm(x, n_domains, seed, covariance_type)
+            labels, whiten = _gmm(x, n_components, seed, covariance_type)
+            if n_components > n_domains:
+                labels = _merge_ward(x @ whiten, labels, n_domains)
         elif method == "kmeans":
-            labels = _kmeans(x, n_domains, seed)
+            labels = _kmeans(x, n_components, seed)
+            if n_components > n_domains:
+                labels = _merge_ward(x, labels, n_domains)
         else:
             labels, resolution = _leiden(x, n_domains, seed)
             extra["resolution"] = resolution
@@ -200,6 +236,7 @@ def domains(
             "smooth": int(smooth),
             "refine": int(refine),
             **({"covariance_type": covariance_type} if method == "gmm" else {}),
+            **({"n_components": n_components} if method != "leiden" else {}),
             "log_ratio": bool(log_ratio),
             "random_state": int(random_state) if isinstance(random_state, int | np.integer) else None,
             "seed": seed,
@@ -235,17 +272,60 @@ def _majority_vote(labels: np.ndarray, graph: sparse.spmatrix, rounds: int) -> n
     return labels
 
 
-def _gmm(x: np.ndarray, n_domains: int, seed: int, covariance_type: str) -> np.ndarray:
+def _gmm(x: np.ndarray, n_components: int, seed: int, covariance_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """GMM labels, and a matrix ``W`` such that ``x @ W`` is whitened by the mixture's average covariance."""
     from sklearn.mixture import GaussianMixture
 
     gmm = GaussianMixture(
-        n_components=n_domains,
+        n_components=n_components,
         covariance_type=covariance_type,
         n_init=_GMM_N_INIT,
         max_iter=500,
         random_state=seed,
     )
-    return gmm.fit_predict(x)
+    labels = gmm.fit_predict(x)
+    if n_components == 1:
+        return labels, np.eye(x.shape[1])
+    cov = gmm.covariances_
+    if covariance_type == "full":
+        cov = np.einsum("k,kij->ij", gmm.weights_, cov)
+    elif covariance_type == "diag":
+        cov = np.diag(gmm.weights_ @ cov)
+    elif covariance_type == "spherical":
+        cov = np.eye(x.shape[1]) * float(gmm.weights_ @ cov)
+    # cov = L L^T, so x L^-T has identity covariance; scikit-learn keeps cov positive definite (reg_covar)
+    return labels, np.linalg.inv(np.linalg.cholesky(cov)).T
+
+
+def _merge_ward(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Merge clusters pairwise by Ward's criterion on their means until ``n_clusters`` remain.
+
+    Merging clusters ``a`` and ``b`` adds ``n_a n_b / (n_a + n_b) |m_a - m_b|²`` to the within-cluster sum of squares;
+    the pair that adds least is merged first.
+    """
+    from scipy.spatial.distance import cdist
+
+    uniques, codes = np.unique(labels, return_inverse=True)
+    if uniques.size <= n_clusters:
+        return labels
+    sizes = np.bincount(codes).astype(np.float64)
+    means = np.zeros((uniques.size, x.shape[1]))
+    np.add.at(means, codes, x)
+    means /= sizes[:, None]
+    parent = np.arange(uniques.size)  # cluster that each original cluster was merged into
+    alive = np.ones(uniques.size, dtype=bool)
+    for _ in range(uniques.size - n_clusters):
+        idx = np.flatnonzero(alive)
+        m, n = means[idx], sizes[idx]
+        cost = n[:, None] * n[None, :] / (n[:, None] + n[None, :]) * cdist(m, m, "sqeuclidean")
+        cost[np.tril_indices(idx.size)] = np.inf
+        i, j = np.unravel_index(np.argmin(cost), cost.shape)
+        a, b = idx[i], idx[j]
+        means[a] = (sizes[a] * means[a] + sizes[b] * means[b]) / (sizes[a] + sizes[b])
+        sizes[a] += sizes[b]
+        alive[b] = False
+        parent[parent == b] = a
+    return parent[codes]
 
 
 def _kmeans(x: np.ndarray, n_domains: int, seed: int) -> np.ndarray:

@@ -32,7 +32,7 @@ def integrate(
     n_factors: int = 20,
     n_latent: int = 32,
     encoder: Literal["lgcn", "gat"] = "lgcn",
-    n_hops: int = 2,
+    n_hops: int = 3,
     features: Literal["pearson", "lognorm"] = "pearson",
     max_steps: int | None = None,
     batch_size: int = 1024,
@@ -66,7 +66,7 @@ def integrate(
     encoder
         ``"lgcn"`` (precomputed sparse neighbour propagation) or ``"gat"`` (graph attention on sampled subgraphs).
     n_hops
-        Propagation hops of the ``"lgcn"`` features.
+        Propagation hops of the ``"lgcn"`` features (3; INSPIRE used 2), see :class:`sd_inspire.model.InspireModel`.
     features
         Input of the encoder's linear reduction: ``"pearson"`` (analytic Pearson residuals of the counts, which carry
         little of the sequencing depth) or ``"lognorm"`` (the log-normalised ``X``), see
