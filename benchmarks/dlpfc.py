@@ -1,7 +1,7 @@
 """Integrate the four real DLPFC Visium slices and score domains against the manual layers.
 
     .venv/bin/python benchmarks/dlpfc.py [--seeds 0 1 2 3 4] [--n-latent 32] [--n-factors 20] [--encoder lgcn]
-        [--features pearson] [--n-hops 2] [--n-components 9] [--max-steps N]
+        [--features pearson] [--n-hops 3] [--n-components 9] [--max-steps N]
         [--data ../shared/data/visium/DLPFC_151673-151676] [--name dlpfc]
 
 Prints and saves (benchmarks/results/dlpfc.csv/.md; ``--name`` changes the file name) per seed: per-slice and
@@ -9,10 +9,11 @@ pooled ARI/NMI of GMM domains (K=7) against the layers, within-layer batch mixin
 peak memory; the same scores for a plain baseline (PCA of neighbour-smoothed expression, GMM) and a summary over
 seeds. Each representation is clustered as is and with ``tl.domains(refine=3)`` (neighbour majority vote after the
 GMM); rows marked "9→7" fit a GMM with ``--n-components`` components and merge them into 7 domains
-(``tl.domains(n_components=9, refine=3)``; ``--n-components 0`` leaves these rows out). Rows named "factors" cluster the centred log-ratios of the spatial factors
-(``tl.domains(use_rep="inspire_factors")``) instead of the latent space. sd-inspire runs once per latent width in
-``--n-latent`` (default: ``tl.integrate``'s), with ``--n-factors`` factors, the encoder ``--encoder``, its
-input ``--features`` and ``--n-hops`` hops (``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612
+(``tl.domains(n_components=9, refine=3)``; ``--n-components 0`` leaves these rows out). Rows named "factors"
+cluster the centred log-ratios of the spatial factors (``tl.domains(use_rep="inspire_factors")``) instead of the
+latent space. sd-inspire runs once per latent width in ``--n-latent`` (default: ``tl.integrate``'s), with
+``--n-factors`` factors, the encoder ``--encoder``, its input ``--features`` and ``--n-hops`` hops
+(``tl.integrate``'s defaults are labelled plainly). Target: mean per-slice ARI above 0.612
 (published INSPIRE on these slices). Five seeds by default: with fewer, the spread is misleading, because the GMM on
 some latent spaces lands in a partition that splits the upper layers along the tissue instead of across it.
 """

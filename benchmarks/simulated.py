@@ -1,7 +1,7 @@
 """sd-inspire against unintegrated baselines on simulated slices with ground truth.
 
     .venv/bin/python benchmarks/simulated.py [--seeds 0 1 2] [--n-spots 2000] [--max-steps N] [--n-latent 32 16]
-        [--features pearson lognorm] [--n-hops 2] [--extra-components 2]
+        [--features pearson lognorm] [--n-hops 3] [--extra-components 2]
 
 Two scenarios from ``sd_inspire.datasets.simulate``: four Visium-like replicates with strong per-slice batch effects,
 and four technologies (Visium, Stereo-seq, Slide-seq, MERFISH panel) in the union gene space. For each: ARI/NMI of

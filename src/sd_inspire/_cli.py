@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument(
         "--encoder",
         choices=ENCODERS,
-        default="lgcn",
+        default=ENCODERS[0],
         help="graph encoder: neighbour propagation or attention (default: lgcn)",
     )
     integrate.add_argument(
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument(
         "--features",
         choices=FEATURES,
-        default="pearson",
+        default=FEATURES[0],
         help="encoder input: PCA of Pearson residuals or of log-normalised values (default: pearson)",
     )
     integrate.add_argument("--n-domains", type=int, metavar="K", help="also cluster K spatial domains (GMM)")

@@ -209,13 +209,9 @@ def domains(
         f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}{merged}"
     ):
         if method == "gmm":
-            labels, whiten = _gmm(x, n_components, seed, covariance_type)
-            if n_components > n_domains:
-                labels = _merge_ward(x @ whiten, labels, n_domains)
+            labels = _gmm(x, n_components, n_domains, seed, covariance_type)
         elif method == "kmeans":
-            labels = _kmeans(x, n_components, seed)
-            if n_components > n_domains:
-                labels = _merge_ward(x, labels, n_domains)
+            labels = _kmeans(x, n_components, n_domains, seed)
         else:
             labels, resolution = _leiden(x, n_domains, seed)
             extra["resolution"] = resolution
@@ -272,8 +268,8 @@ def _majority_vote(labels: np.ndarray, graph: sparse.spmatrix, rounds: int) -> n
     return labels
 
 
-def _gmm(x: np.ndarray, n_components: int, seed: int, covariance_type: str) -> tuple[np.ndarray, np.ndarray]:
-    """GMM labels, and a matrix ``W`` such that ``x @ W`` is whitened by the mixture's average covariance."""
+def _gmm(x: np.ndarray, n_components: int, n_domains: int, seed: int, covariance_type: str) -> np.ndarray:
+    """GMM labels; more components than domains are merged (:func:`_merge_ward`) in the mixture's whitened space."""
     from sklearn.mixture import GaussianMixture
 
     gmm = GaussianMixture(
@@ -284,9 +280,9 @@ def _gmm(x: np.ndarray, n_components: int, seed: int, covariance_type: str) -> t
         random_state=seed,
     )
     labels = gmm.fit_predict(x)
-    if n_components == 1:
-        return labels, np.eye(x.shape[1])
-    cov = gmm.covariances_
+    if n_components == n_domains:
+        return labels
+    cov = gmm.covariances_  # the size-weighted average covariance of the components, as a matrix
     if covariance_type == "full":
         cov = np.einsum("k,kij->ij", gmm.weights_, cov)
     elif covariance_type == "diag":
@@ -294,7 +290,7 @@ def _gmm(x: np.ndarray, n_components: int, seed: int, covariance_type: str) -> t
     elif covariance_type == "spherical":
         cov = np.eye(x.shape[1]) * float(gmm.weights_ @ cov)
     # cov = L L^T, so x L^-T has identity covariance; scikit-learn keeps cov positive definite (reg_covar)
-    return labels, np.linalg.inv(np.linalg.cholesky(cov)).T
+    return _merge_ward(x @ np.linalg.inv(np.linalg.cholesky(cov)).T, labels, n_domains)
 
 
 def _merge_ward(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -328,10 +324,12 @@ def _merge_ward(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarra
     return parent[codes]
 
 
-def _kmeans(x: np.ndarray, n_domains: int, seed: int) -> np.ndarray:
+def _kmeans(x: np.ndarray, n_components: int, n_domains: int, seed: int) -> np.ndarray:
+    """k-means labels; more clusters than domains are merged (:func:`_merge_ward`)."""
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=n_domains, n_init=10, random_state=seed).fit_predict(x)
+    labels = KMeans(n_clusters=n_components, n_init=10, random_state=seed).fit_predict(x)
+    return _merge_ward(x, labels, n_domains) if n_components > n_domains else labels
 
 
 def _leiden(x: np.ndarray, n_domains: int, seed: int) -> tuple[np.ndarray, float]:
