@@ -362,6 +362,7 @@ def test_integrate_summary(integrated):
     assert terms.startswith("final loss terms: loss ")
     assert "poisson" in terms
     assert "adversarial" in terms
+    assert "alignment" in terms
     assert "domains: 3 in obs['inspire_domain']" in stdout
     assert "  tables: inspire_factors" in stdout
     assert "  table.obsm: X_inspire, inspire_factors" in stdout
@@ -422,7 +423,8 @@ def test_integrate_defaults_are_those_of_tl_integrate():
     """Options left out give ``tl.integrate``'s own defaults, so the command and the function train the same model."""
     args = build_parser().parse_args(["integrate", "in.zarr", "-o", "out.zarr"])
     defaults = {k: p.default for k, p in inspect.signature(si.tl.integrate).parameters.items()}
-    for option in ("n_factors", "n_latent", "encoder", "n_hops", "features", "max_steps", "batch_size", "n_models"):
+    options = ("n_factors", "n_latent", "encoder", "n_hops", "features", "alignment", "max_steps", "batch_size")
+    for option in (*options, "n_models"):
         assert getattr(args, option) == defaults[option], option
     assert args.device == defaults["device"]
     assert args.seed == defaults["random_state"]
@@ -432,10 +434,14 @@ def test_integrate_model_options(sim_store, tmp_path):
     """--encoder, --n-hops and --features reach the model (recorded in ``uns["inspire"]["params"]``)."""
     out = tmp_path / "out.zarr"
     argv = ["-o", out, "--n-factors", "3", "--max-steps", "1", "--batch-size", "64", "--no-progress"]
-    code, _, stderr = run("integrate", sim_store, *argv, "--features", "lognorm", "--n-hops", "1")
+    code, _, stderr = run(
+        "integrate", sim_store, *argv, "--features", "lognorm", "--n-hops", "1", "--alignment", "adversarial"
+    )
     assert code == 0, stderr
-    params = spatialdata.read_zarr(out)["table"].uns["inspire"]["params"]
+    uns = spatialdata.read_zarr(out)["table"].uns["inspire"]
+    params = uns["params"]
     assert (params["encoder"], params["n_hops"], params["features"]) == ("lgcn", 1, "lognorm")
+    assert uns["train_params"]["alignment"] == "adversarial"
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 PROG = "sd-inspire"
 TECHNOLOGIES = ("visium", "stereoseq", "slideseq", "merfish")
-#: Choices of ``tl.integrate``'s ``encoder`` and ``features`` (the first is its default).
+#: Choices of ``tl.integrate``'s ``encoder``, ``features`` and ``alignment`` (the first is its default).
 ENCODERS = ("lgcn", "gat")
 FEATURES = ("pearson", "lognorm")
+ALIGNMENTS = ("both", "adversarial", "mnn")
 #: Exit status of an error the user can fix (wrong path, unreadable file, bad value); argparse uses 2 for usage.
 EXIT_ERROR = 1
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -250,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=FEATURES[0],
         help="encoder input: PCA of Pearson residuals or of log-normalised values (default: pearson)",
     )
+    integrate.add_argument(
+        "--alignment",
+        choices=ALIGNMENTS,
+        default=ALIGNMENTS[0],
+        help="slice alignment: discriminator and cross-slice anchors, or one of them (default: both)",
+    )
     integrate.add_argument("--n-domains", type=int, metavar="K", help="also cluster K spatial domains (GMM)")
     integrate.add_argument(
         "--n-components",
@@ -369,6 +376,7 @@ def _integrate(args: argparse.Namespace) -> int:
         encoder=args.encoder,
         n_hops=args.n_hops,
         features=args.features,
+        alignment=args.alignment,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         n_models=args.n_models,

@@ -39,6 +39,7 @@ def test_outputs_shapes_and_constraints(trained, tiny):
     np.testing.assert_allclose(loadings.sum(axis=0), 1.0, rtol=1e-4)
     assert trained.get_slice_effects().shape == (2, 80)
     assert set(trained.history) >= {"loss", "poisson", "reconstruction", "geometry", "prior", "adversarial"}
+    assert set(trained.history) >= {"alignment"}  # default alignment="both": discriminator and anchors
     assert len(trained.history["loss"]) == 30
     assert np.isfinite(trained.history["loss"]).all()
 

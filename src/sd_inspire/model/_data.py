@@ -43,6 +43,7 @@ class ModelData:
     n_base: int = 0  # width of Y (first block of `features`)
     gene_fraction: np.ndarray | None = None  # G, each gene's share of the counts of the slices that measured it
     slice_log_ratio: np.ndarray | None = None  # S x G, log of each slice's gene shares over the pooled ones
+    values_are_counts: bool = True  # False: normalised values, fitted by a KL-divergence factorisation
     extra: dict = field(default_factory=dict)
 
     @property
@@ -70,15 +71,14 @@ def prepare(
     """
     if Key.HIGHLY_VARIABLE not in adata.var:
         raise KeyError("`adata.var['highly_variable']` is missing: run `sd_inspire.pp.preprocess` first.")
-    if Key.COUNTS not in adata.layers:
+    counts_given = adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True)
+    if counts_given and Key.COUNTS not in adata.layers:
         raise KeyError(
-            "`adata.layers['counts']` is missing: the model needs raw counts. Run `sd_inspire.pp.preprocess` on "
-            "raw counts (non-integer, already normalised data cannot be modelled as counts)."
+            "`adata.layers['counts']` is missing: run `sd_inspire.pp.preprocess` on the raw counts (or on the "
+            "normalised values, if that is all there is) first."
         )
-    if not adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True):
-        raise ValueError(
-            "The counts are not integers (see `adata.uns['preprocess']`); the Poisson model needs raw counts."
-        )
+    if not counts_given and features == "pearson":
+        features = "lognorm"  # residuals need counts; the caller was warned (see `values_are_counts`)
     if connectivity_key not in adata.obsp:
         raise KeyError(f"No graph `adata.obsp[{connectivity_key!r}]`: run `sd_inspire.gr.spatial_neighbors` first.")
 
@@ -92,7 +92,8 @@ def prepare(
         raise ValueError(f"The gene space holds {genes.size} genes; the model needs at least 2.")
     mask = measured_mask(adata, labels).to_numpy(dtype=bool)[hv].T
 
-    layer = adata.layers[Key.COUNTS]
+    # normalised values (no counts): the count model becomes a KL-divergence factorisation of the values in X
+    layer = adata.layers[Key.COUNTS] if counts_given else adata.X
     # no column copy when the gene space is every gene (the model only reads the counts); on disk stays on disk
     counts = layer if hv.all() else layer[:, np.flatnonzero(hv)]
     if not is_lazy(counts):
@@ -136,7 +137,13 @@ def prepare(
         n_base=y.shape[1],
         gene_fraction=_gene_fraction(gene_totals.sum(axis=0), library, codes, mask),
         slice_log_ratio=_slice_log_ratio(gene_totals, mask),
+        values_are_counts=bool(counts_given),
     )
+
+
+def values_are_counts(adata: AnnData) -> bool:
+    """Whether ``pp.preprocess`` found integer counts (else the model factorises the normalised values in ``X``)."""
+    return bool(adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True))
 
 
 def _gene_fraction(gene_totals: np.ndarray, library: np.ndarray, codes: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ class LossWeights:
     prior: float = 4.0
     adversarial: float = 1.0
     slice_effect: float = 1e-2
+    alignment: float = 1.0
 
 
 def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float, n_layers: int = 1) -> nn.Sequential:
@@ -147,13 +148,16 @@ class InspireModule(nn.Module):
         mask: torch.Tensor,
         *,
         h_seed: torch.Tensor | None = None,
+        h_geometry: torch.Tensor | None = None,
         saturated: torch.Tensor | None = None,
         margin: float | None = None,
+        adversarial: bool = True,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms of the generative side for one minibatch, and the latent codes.
 
         ``h`` is passed to :meth:`encode`; ``h_seed`` (default ``h``) is the per-spot feature matrix that the
-        decoder reconstructs and the geometry term compares with; ``saturated`` is ``sum_g x log(x / l)`` per spot;
+        decoder reconstructs; ``h_geometry`` (default ``h_seed``) the features whose cosine similarities the latent
+        codes keep (the geometry term); ``saturated`` is ``sum_g x log(x / l)`` per spot;
         ``mask`` is the slices x genes mask of measured genes.
         """
         z = self.encode(h)
@@ -170,7 +174,8 @@ class InspireModule(nn.Module):
         # the geometry term is quadratic in the batch: on large batches, an evenly strided subset of at most
         # _GEOMETRY_MAX spots (rows are grouped by slice, so every slice stays represented)
         sub = slice(None, None, -(-z.shape[0] // _GEOMETRY_MAX))
-        geometry = (_cosine(z[sub]) - _cosine(target[sub])).pow(2).sum(dim=-1).mean()
+        shape = h_geometry if h_geometry is not None else target
+        geometry = _geometry(z[sub], shape[sub], s[sub])
         usage = beta.mean(dim=0)
         prior = -torch.log(usage + 1e-6).sum() - usage.numel() * math.log(usage.numel())  # 0 at equal usage
         slice_effect = self.slice_gene_effect.pow(2).mean()
@@ -181,14 +186,41 @@ class InspireModule(nn.Module):
             "prior": prior,
             "slice_effect": slice_effect,
         }
-        if self.n_slices > 1:
+        if adversarial and self.n_slices > 1:
             log_p = torch.log_softmax(self.discriminate(z, margin), dim=-1)
             terms["adversarial"] = -log_p.mean()  # cross-entropy to the uniform: the encoder hides the slice
         return terms, z
 
+    def alignment_loss(
+        self, h_a: torch.Tensor | tuple, h_b: torch.Tensor | tuple, reach: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """How far anchor pairs are apart beyond their reach: ``mean(max(0, |z_a - z_b|² / v - reach))``.
+
+        ``h_a``, ``h_b`` are the inputs of :meth:`encode` for either end of the pairs; ``v`` is the codes' total
+        variance (so the term does not depend on their scale); ``reach`` (per pair, in units of ``v``; default 0)
+        is how close spots are to their neighbours within their own slice: a pair closer than that is left alone,
+        so pairs are brought together as neighbours, not collapsed onto each other.
+        """
+        z_a, z_b = self.encode(h_a), self.encode(h_b)
+        both = torch.cat([z_a, z_b])
+        spread = (both - both.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-8)
+        gap = (z_a - z_b).pow(2).sum(dim=-1) / spread
+        return (gap if reach is None else torch.relu(gap - reach)).mean()
+
     def discriminator_loss(self, z: torch.Tensor, s: torch.Tensor, margin: float | None) -> torch.Tensor:
         """Cross-entropy of the discriminator at telling the slice of (detached) latent codes."""
         return F.cross_entropy(self.discriminate(z.detach(), margin), s)
+
+
+def _geometry(z: torch.Tensor, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Squared differences of cosine similarities between ``z`` and ``h`` over pairs of spots of the same slice.
+
+    Scaled as a sum over one row of the batch: the value of a batch of one slice. Pairs across slices are left to
+    the alignment: their similarities in ``h`` hold the slice effects.
+    """
+    same = (s[:, None] == s[None, :]).to(z.dtype)
+    diff = (_cosine(z) - _cosine(h)).pow(2) * same
+    return (diff.sum(dim=-1) / same.sum(dim=-1) * z.shape[0]).mean()
 
 
 def _cosine(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sd_inspire._logging import logger
+from sd_inspire.model._anchors import anchor_subsample, mutual_neighbours, neighbour_reach
 from sd_inspire.model._data import make_sampler, sample_subgraph
 from sd_inspire.model._distributed import World, average_gradients, mean_over_ranks
 
@@ -38,6 +39,9 @@ class TrainConfig:
     min_delta: float = 1e-3
     checkpoint_every: int = 0
     fanout: int = 0  # graph encoders: neighbours sampled per node and hop, 0 = all
+    alignment: str = "both"  # "mnn": anchor pairs pulled together; "adversarial": slice discriminator; "both"
+    anchor_neighbours: int = 20  # k of the mutual nearest neighbours
+    anchor_refreshes: int = 4  # anchor searches: at the end of the warm-up and evenly after it
 
 
 def encoder_input(
@@ -91,6 +95,9 @@ class Trainer:
         self.history: dict[str, list[float]] = {}
         self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
         self._features = torch.as_tensor(data.features, device=device)
+        # the geometry term keeps the similarities of the most smoothed features, the last block Â^k Y
+        self._geometry_columns = slice(data.features.shape[1] - (data.n_base or data.features.shape[1]), None)
+        self.anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # both ends, reach
 
     # -- batches
     def batch(self, idx: np.ndarray, counts: sparse.csr_matrix) -> dict:
@@ -106,12 +113,53 @@ class Trainer:
             "s": s,
             "mask": self._mask,
         }
-        out["h"] = (
-            encoder_input(self._features, d, idx, dev, self.module.encoder.n_layers, self.config.fanout, self.rng)
-            if self.graph_encoder
-            else out["h_seed"]
-        )
+        out["h_geometry"] = out["h_seed"][:, self._geometry_columns]
+        out["h"] = self.encoder_input(idx) if self.graph_encoder else out["h_seed"]
         return out
+
+    def encoder_input(self, idx: np.ndarray) -> torch.Tensor | tuple:
+        """What the encoder reads for spots ``idx`` (a sampled subgraph for a graph encoder)."""
+        n_layers = self.module.encoder.n_layers if self.graph_encoder else None
+        return encoder_input(self._features, self.data, idx, self.device, n_layers, self.config.fanout, self.rng)
+
+    # -- alignment anchors
+    @property
+    def uses_anchors(self) -> bool:
+        return self.module.n_slices > 1 and self.config.alignment in ("mnn", "both") and self.weights.alignment > 0
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.module.n_slices > 1 and self.config.alignment in ("adversarial", "both")
+
+    def anchor_steps(self) -> list[int]:
+        """Steps at which the anchors are searched anew: the end of the warm-up, then evenly spaced."""
+        start, n = self.warmup_steps, max(1, self.config.anchor_refreshes)
+        return sorted({start + (self.config.n_steps - start) * i // n for i in range(n)})
+
+    @torch.inference_mode()
+    def refresh_anchors(self) -> None:
+        """Mutual nearest neighbours across slices among the current latent codes of a subsample of spots."""
+        rows = anchor_subsample(self.data.slices, self.rng)
+        was_training = self.module.training
+        self.module.eval()
+        z = np.concatenate(
+            [
+                self.module.encode(self.encoder_input(rows[i : i + 8192])).cpu().numpy()
+                for i in range(0, rows.size, 8192)
+            ]
+        )
+        self.module.train(was_training)
+        codes = self.data.slices[rows]
+        a, b = mutual_neighbours(z, codes, self.config.anchor_neighbours)
+        reach = neighbour_reach(z, codes, self.config.anchor_neighbours)
+        self.anchors = (rows[a], rows[b], (0.5 * (reach[a] + reach[b])).astype(np.float32))
+        logger.debug("Step %d: %d anchor pairs across slices", self.step, a.size)
+
+    def anchor_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Anchor pairs drawn for one step (as many as spots in a minibatch): both ends and their reach."""
+        assert self.anchors is not None
+        pick = self.rng.integers(0, self.anchors[0].size, self.config.per_slice * self.module.n_slices)
+        return tuple(part[pick] for part in self.anchors)
 
     # -- one step
     def margin(self) -> float | None:
@@ -131,6 +179,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One generator step and ``discriminator_steps`` discriminator steps."""
         self.module.train()
+        if self.uses_anchors and self.step in self.anchor_steps():
+            self.refresh_anchors()
         b = self.batch(*self.sampler.next_batch())
         margin = self.margin()
         terms, z = self.module.losses(
@@ -140,9 +190,16 @@ class Trainer:
             b["s"],
             b["mask"],
             h_seed=b["h_seed"],
+            h_geometry=b["h_geometry"],
             saturated=b["saturated"],
             margin=margin,
+            adversarial=self.uses_discriminator,
         )
+        if self.anchors is not None and self.anchors[0].size:
+            first, second, reach = self.anchor_batch()
+            terms["alignment"] = self.module.alignment_loss(
+                self.encoder_input(first), self.encoder_input(second), torch.as_tensor(reach, device=self.device)
+            )
         w = asdict(self.weights)
         w["adversarial"] = self.adversarial_weight()
         loss = sum(w[k] * v for k, v in terms.items())
@@ -152,7 +209,7 @@ class Trainer:
         self.opt.step()
         record = {k: float(v.detach()) for k, v in terms.items()}
         record["loss"] = float(loss.detach())
-        if self.module.n_slices > 1:
+        if self.uses_discriminator:
             for _ in range(self.config.discriminator_steps):
                 d_loss = self.module.discriminator_loss(z, b["s"], margin)
                 self.opt_disc.zero_grad(set_to_none=True)
@@ -179,6 +236,7 @@ class Trainer:
             "sampler": sampler,
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "anchors": [] if self.anchors is None else [torch.as_tensor(a) for a in self.anchors],
         }
 
     def load_state(self, state: dict) -> None:
@@ -193,6 +251,8 @@ class Trainer:
         )
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        anchors = state.get("anchors", [])
+        self.anchors = tuple(np.asarray(a) for a in anchors) if anchors else None
 
     def save_checkpoint(self, path: Path) -> None:
         """Write :meth:`state` to ``path`` atomically (write new, then replace)."""

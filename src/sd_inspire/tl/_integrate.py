@@ -38,6 +38,7 @@ def integrate(
     batch_size: int = 1024,
     cross_technology: bool | None = None,
     loss_weights: dict[str, float] | None = None,
+    alignment: Literal["mnn", "adversarial", "both"] = "both",
     n_models: int = 1,
     uncertainty: bool | None = None,
     device: str = "auto",
@@ -52,7 +53,12 @@ def integrate(
     A thin wrapper around :class:`sd_inspire.model.InspireModel`: it sets the model up, trains it and writes the
     results. Steps that have not been run are run with their defaults and logged: :func:`sd_inspire.pp.preprocess`
     when ``layers["counts"]`` or ``var["highly_variable"]`` is missing, :func:`sd_inspire.gr.spatial_neighbors` when
-    the graph is missing. With a single slice the model trains without its adversarial term (with a warning).
+    the graph is missing. With a single slice the model trains without its alignment terms (with a warning).
+
+    Tables of normalised values instead of counts (some public MERFISH or seqFISH matrices ship only those;
+    ``uns["preprocess"]["counts_are_integer"]`` is then false) are integrated too, with a warning: the count model
+    becomes a KL-divergence non-negative factorisation of the values in ``X`` (the Poisson likelihood on their
+    continuous scale) and the encoder reads principal components of ``X`` (``features="lognorm"``).
 
     Parameters
     ----------
@@ -79,6 +85,10 @@ def integrate(
         Slice-aware factors; by default when ``obs["technology"]`` holds several technologies.
     loss_weights
         Weights of the objective's terms, see :meth:`sd_inspire.model.InspireModel.train`.
+    alignment
+        How slices are brought together in the latent space: ``"adversarial"`` (INSPIRE's slice discriminator),
+        ``"mnn"`` (mutual nearest neighbours across slices drawn together, which leaves alone a domain that only some
+        slices hold) or ``"both"``, see :meth:`sd_inspire.model.InspireModel.train`.
     n_models
         Train an ensemble of this many models from different seeds (the first from ``random_state``) and report
         their average and, as per-spot uncertainty, their spread. Members are matched to the first one (gene
@@ -115,7 +125,8 @@ def integrate(
     - ``varm["{key_added}_loadings"]``: gene loadings (n_vars x n_factors, non-negative, each factor sums to 1
       over the model's genes; 0 for genes outside the model, flagged by ``var["{key_added}_gene"] == False``);
     - ``uns[key_added]``: ``params``, ``train_params``, ``genes``, ``slices``, ``slice_gene_effects`` (slices x
-      genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``.
+      genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``,
+      ``values`` (``"counts"``, or ``"normalised"`` for tables without counts).
 
     With ``uncertainty``:
 
@@ -136,7 +147,7 @@ def integrate(
     Raises
     ------
     ValueError
-        For ``n_factors`` outside 2..n_genes, non-integer counts, spots without counts in the gene space.
+        For ``n_factors`` outside 2..n_genes, spots without counts in the gene space.
 
     Examples
     --------
@@ -159,11 +170,12 @@ def integrate(
         uncertainty = n_models > 1
     if len(slices.cat.categories) == 1:
         warnings.warn(
-            "A single slice: nothing to align, the model trains without its adversarial term.",
+            "A single slice: nothing to align, the model trains without its alignment terms.",
             UserWarning,
             stacklevel=2,
         )
-    if Key.COUNTS not in adata.layers or Key.HIGHLY_VARIABLE not in adata.var:
+    counts_expected = adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True)
+    if (counts_expected and Key.COUNTS not in adata.layers) or Key.HIGHLY_VARIABLE not in adata.var:
         logger.info("No preprocessing found: running `sd_inspire.pp.preprocess` with its defaults")
         preprocess(adata, slice_key=slice_key)
     if "spatial_connectivities" not in adata.obsp:
@@ -193,6 +205,7 @@ def integrate(
                 max_steps=max_steps,
                 batch_size=batch_size,
                 loss_weights=loss_weights,
+                alignment=alignment,
                 checkpoint_dir=_member_folder(checkpoint_dir, len(members), n_models),
                 show_progress_bar=show_progress_bar,
             )
@@ -229,6 +242,7 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
         "random_state": meta["random_state"] if meta["random_state"] is not None else -1,
         "seed": meta["seed"],
         "n_models": len(ensemble.match) + 1,
+        "values": "counts" if model.data.values_are_counts else "normalised",
     }
     written = [
         ("obsm", f"X_{key_added}"),

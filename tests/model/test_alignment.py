@@ -1,0 +1,124 @@
+"""The alignment of slices: mutual-nearest-neighbour anchors, the within-slice geometry term, normalised input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sd_inspire as si
+from sd_inspire.model._anchors import anchor_subsample, mutual_neighbours
+from sd_inspire.model._module import _geometry
+
+
+def _blobs(centres: np.ndarray, n: int, rng: np.random.Generator, shift: np.ndarray) -> np.ndarray:
+    return np.vstack([c + shift + 0.05 * rng.standard_normal((n, centres.shape[1])) for c in centres])
+
+
+def test_anchors_pair_matching_groups_and_skip_a_group_one_slice_lacks():
+    """Slice 0 holds groups A, B, C; slice 1 only B and C (shifted): no anchor touches A, every anchor matches."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(6)[:3] * 3 + 1.0
+    z0 = _blobs(centres, 40, rng, np.zeros(6))
+    z1 = _blobs(centres[1:], 40, rng, np.full(6, 0.3))
+    z = np.vstack([z0, z1])
+    slices = np.repeat([0, 1], [z0.shape[0], z1.shape[0]])
+    group = np.concatenate([np.repeat([0, 1, 2], 40), np.repeat([1, 2], 40)])
+    a, b = mutual_neighbours(z, slices, k=10)
+    assert a.size > 100
+    assert (slices[a] == 0).all()
+    assert (slices[b] == 1).all()
+    assert (group[a] == group[b]).all()
+    assert not (group[a] == 0).any()
+
+
+def test_anchors_between_every_pair_of_slices():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((90, 4))
+    slices = np.repeat([0, 1, 2], 30)
+    a, b = mutual_neighbours(z, slices, k=5)
+    pairs = {(int(slices[i]), int(slices[j])) for i, j in zip(a, b, strict=True)}
+    assert pairs == {(0, 1), (0, 2), (1, 2)}
+    assert mutual_neighbours(z, np.zeros(90, dtype=int), k=5)[0].size == 0  # one slice: no anchors
+
+
+def test_anchor_subsample_bounds_each_slice():
+    slices = np.repeat([0, 1], [10, 50])
+    rows = anchor_subsample(slices, np.random.default_rng(0), max_per_slice=20)
+    assert np.array_equal(rows, np.sort(rows))
+    assert (slices[rows] == 0).sum() == 10
+    assert (slices[rows] == 1).sum() == 20
+
+
+def test_geometry_ignores_pairs_across_slices():
+    """Similarities between spots of different slices (where slice effects live) do not enter the geometry term."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 3, generator=gen)
+    h = torch.randn(8, 5, generator=gen)
+    s = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    moved = h.clone()
+    moved[4:] += 10.0  # a large slice effect on slice 1: its similarities to slice 0 change, its own barely
+    base = _geometry(z, h, s)
+    assert torch.isclose(base, _geometry(z, h[torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])], s))
+    within = _geometry(z[:4], h[:4], s[:4]) * 4 / 8 + _geometry(z[4:], h[4:], s[4:]) * 4 / 8
+    assert torch.isclose(base, within * 2, rtol=1e-5)  # scaled as a sum over one row of the whole batch
+    assert _geometry(z, h, torch.zeros(8, dtype=torch.long)) > 0
+
+
+def _missing_domain_tissue():
+    adata = si.datasets.simulate(
+        2,
+        n_spots=350,
+        n_genes=150,
+        n_cell_types=4,
+        n_domains=4,
+        batch_effect=0.6,
+        missing_domains={1: ["D0"]},
+        output="anndata",
+        random_state=2,
+    )
+    si.pp.preprocess(adata, n_top_genes=120)
+    si.gr.spatial_neighbors(adata)
+    return adata
+
+
+def test_a_domain_one_slice_lacks_is_not_pulled_onto_another():
+    """Slice 1 lacks D0: slice 0's D0 spots keep their own place in the latent space instead of being mixed into
+    slice 1's other domains, while the shared domains of the two slices are matched."""
+    from sklearn.neighbors import NearestNeighbors
+
+    adata = _missing_domain_tissue()
+    si.tl.integrate(adata, n_factors=4, n_latent=8, max_steps=300, show_progress_bar=False)
+    z = adata.obsm["X_inspire"]
+    slices = adata.obs["slice"].astype(str).to_numpy()
+    domain = adata.obs["domain"].astype(str).to_numpy()
+    assert "D0" not in set(domain[slices == "slice1"])
+    own = slices == "slice0"
+    # for every slice-0 spot: the domain of its nearest slice-1 spot
+    nn = NearestNeighbors(n_neighbors=1).fit(z[~own])
+    nearest = domain[~own][nn.kneighbors(z[own], return_distance=False)[:, 0]]
+    shared = own & (domain != "D0")
+    assert (nearest[shared[own]] == domain[shared]).mean() > 0.7  # shared domains matched across slices
+    # D0 spots of slice 0 lie closer to each other than to any spot of slice 1
+    d0 = z[own & (domain == "D0")]
+    within = NearestNeighbors(n_neighbors=2).fit(d0).kneighbors(d0)[0][:, 1]
+    across = nn.kneighbors(d0)[0][:, 0]
+    assert np.median(within) < 0.5 * np.median(across)
+
+
+def test_normalised_values_are_factorised_with_a_warning():
+    """Tables of normalised values (no counts) integrate: KL factorisation of X, log-normalised encoder input."""
+    adata = si.datasets.simulate(2, n_spots=150, n_genes=100, n_cell_types=4, output="anndata", random_state=3)
+    library = np.asarray(adata.X.sum(axis=1))
+    adata.X = adata.X.multiply(1e3 / library).tocsr()  # volume- or depth-normalised values, as some sets ship
+    with pytest.warns(UserWarning, match="non-integer"):
+        si.pp.preprocess(adata, n_top_genes=80)
+    si.gr.spatial_neighbors(adata)
+    assert "counts" not in adata.layers
+    with pytest.warns(UserWarning, match="KL-divergence"):
+        si.tl.integrate(adata, n_factors=4, n_latent=8, max_steps=40, show_progress_bar=False)
+    assert adata.obsm["X_inspire"].shape == (adata.n_obs, 8)
+    assert np.isfinite(adata.obsm["X_inspire"]).all()
+    np.testing.assert_allclose(adata.obsm["inspire_factors"].sum(axis=1), 1.0, rtol=1e-4)
+    assert adata.uns["inspire"]["params"]["features"] == "lognorm"
+    assert adata.uns["inspire"]["values"] == "normalised"
