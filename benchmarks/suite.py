@@ -33,6 +33,7 @@ dataset: sd-inspire's ARI against the best baseline's and peer's, and its mixing
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -430,6 +431,7 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
         if args.export is not None:
             export(table, args.export, dataset, seed)
         base = {"dataset": dataset.name, "seed": seed, "spots": table.n_obs, "slices": table.obs["slice"].nunique()}
+        base["threads"] = args.threads
         results: dict[str, dict] = baselines(table, seed)
         try:
             results[MODEL] = run_model(table, seed, args.threads)
@@ -442,7 +444,11 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
             if "error" in res:
                 row["error"] = res["error"]
             else:
-                row.update(score(res["embedding"], table, seed))
+                finite = np.isfinite(res["embedding"]).all(axis=1)
+                if not finite.all():  # a peer may leave spots without an embedding: scored without them, said so
+                    row["error"] = f"{int((~finite).sum())} spots without a finite embedding left out"
+                scored = table if finite.all() else table[finite].copy()
+                row.update(score(res["embedding"][finite], scored, seed))
                 row.update({"seconds": res["seconds"], "peak GB": res["peak GB"]})
                 if "factors" in res:
                     row["factor recovery"] = recovery(res["factors"], table)
@@ -469,8 +475,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (dataset, method), group in runs.groupby(["dataset", "method"], sort=False):
         row: dict[str, Any] = {"dataset": dataset, "method": method, "seeds": group["seed"].nunique()}
-        if "error" in group and group["error"].notna().all():
-            row["note"] = group["error"].iloc[0]
+        if "error" in group and group["error"].notna().any():
+            row["note"] = group["error"].dropna().iloc[0]
         for col in SUMMARY:
             if col in group and group[col].notna().any():
                 values = group[col].dropna().astype(float)
@@ -558,12 +564,11 @@ def _write(runs: pd.DataFrame, summary: pd.DataFrame, verdict: pd.DataFrame, nam
     RESULTS.mkdir(exist_ok=True)
     runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     summary.to_csv(RESULTS / f"{name}.csv", index=False)
-    hardware = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    threads = sorted(int(t) for t in runs["threads"].dropna().unique()) if "threads" in runs else []
+    hardware = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads per run: {threads}"
     text = [
         f"Command: `{command}`",
-        f"Hardware: {hardware}; total {seconds / 60:.1f} min",
+        f"Hardware: {hardware}" + ("" if np.isnan(seconds) else f"; total {seconds / 60:.1f} min"),
         "",
         "## Verdict (GMM probe, mean over seeds; mixing within domains)",
         "",
