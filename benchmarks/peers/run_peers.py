@@ -11,10 +11,10 @@ Input: DIR/<name>.h5ad, each a multi-slice dataset: X = raw counts (CSR), or nor
 obsm["spatial"] (each slice in its own frame).
 
 Output, for each dataset x method x seed:
-    OUT/<name>/<method>/seed<k>.npz   embedding (float32, n_obs x d, rows in the h5ad's order), kept (bool, n_obs:
-                                      False for cells the method's own QC removed; their rows copy the embedding of
-                                      the nearest kept cell of the same slice), seconds (wall time of the method,
-                                      from the loaded AnnData to the embedding), peak_gb (peak RSS of the run, GB)
+    OUT/<name>/<method>/seed<k>.npz   embedding (float32, n_obs x d, rows in the h5ad's order; NaN rows for cells the
+                                      method's own QC removed), kept (bool, n_obs: False for those cells), seconds
+                                      (wall time of the method, from the loaded AnnData to the embedding), peak_gb
+                                      (peak RSS of the run, GB)
     OUT/<name>/<method>/info.json     version, settings, the command that reproduces each seed, per-seed notes
     OUT/<name>/<method>/error.txt     one paragraph per failed seed (exception, timeout, memory kill, not installed)
 A dataset whose name ends in ``__seed<k>`` (one file per seed, as benchmarks/suite.py --export writes them) runs
@@ -51,7 +51,7 @@ CELLCHARTER = {
     "model": "scvi.model.SCVI(adata) with its defaults (n_latent=10, n_layers=1, n_hidden=128, gene_likelihood='zinb')",
     "setup_anndata": {"layer": "counts", "batch_key": "slice"},
     "train": {"early_stopping": True, "max_epochs": "scvi default: min(round(20000 / n_cells * 400), 400)"},
-    "cell_filter": "cells with zero total counts are removed (kept False, rows filled): scVI's library size is "
+    "cell_filter": "cells with zero total counts are removed (kept False, NaN rows): scVI's library size is "
     "log(total counts)",
     "spatial_neighbors": {"library_key": "slice", "coord_type": "generic", "delaunay": True},
     "remove_long_links": {"distance_percentile": 99.0},
@@ -317,24 +317,6 @@ def run_inspire(adata, seed: int, threads: int, variant: str):
     return embedding[kept], kept, settings, notes
 
 
-def fill_dropped(full, kept, adata) -> None:
-    """Give each cell the method dropped the embedding of the nearest kept cell of its slice (in place)."""
-    import numpy as np
-    from sklearn.neighbors import NearestNeighbors
-
-    if kept.all():
-        return
-    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    labels = adata.obs["slice"].astype(str).to_numpy()
-    for label in np.unique(labels[~kept]):
-        donors = np.flatnonzero(kept & (labels == label))
-        if donors.size == 0:
-            donors = np.flatnonzero(kept)
-        missing = np.flatnonzero(~kept & (labels == label))
-        _, nearest = NearestNeighbors(n_neighbors=1).fit(coords[donors]).kneighbors(coords[missing])
-        full[missing] = full[donors[nearest[:, 0]]]
-
-
 # --- one run, in its own process ----------------------------------------------------------------------------------
 
 
@@ -402,7 +384,6 @@ def worker(args) -> int:
     full[kept] = np.asarray(embedding, dtype=np.float32)
     if not np.isfinite(full[kept]).all():
         raise FloatingPointError(f"{method} returned non-finite values for kept cells")
-    fill_dropped(full, kept, adata)
     peak = peak_rss_gb()
     np.savez(
         out_dir / f"seed{seed}.npz", embedding=full, kept=kept, seconds=np.float64(seconds), peak_gb=np.float64(peak)
