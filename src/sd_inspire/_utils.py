@@ -170,6 +170,14 @@ def get_representation(adata: AnnData, use_rep: str) -> np.ndarray:
     return x
 
 
+def values_are_counts(adata: AnnData) -> bool:
+    """Whether :func:`sd_inspire.pp.preprocess` found integer counts (else the table holds normalised values in ``X``).
+
+    True for tables not preprocessed yet.
+    """
+    return bool(adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True))
+
+
 def check_counts(x: Any, name: str) -> bool:
     """Validate a count matrix; return whether all values are integers.
 

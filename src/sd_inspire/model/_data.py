@@ -14,7 +14,7 @@ from scipy import linalg, sparse
 
 from sd_inspire._chunks import chunk_edges, is_lazy, map_row_blocks, matmul_rows, read_rows
 from sd_inspire._constants import Key
-from sd_inspire._utils import get_slices, measured_mask
+from sd_inspire._utils import get_slices, measured_mask, values_are_counts
 from sd_inspire.gr._propagate import normalized_adjacency
 
 if TYPE_CHECKING:
@@ -67,18 +67,17 @@ def prepare(
 
     ``features`` is the reduction ``Y`` of the encoder's input: ``"pearson"``, principal components of the analytic
     Pearson residuals of the counts (:func:`pearson_pca`); ``"lognorm"``, of the log-normalised ``X``. Both are
-    centred within each slice.
+    centred within each slice. A table of normalised values (no integer counts) is read from ``X`` for the count
+    model too; residuals need counts, so it takes ``"lognorm"`` (:class:`~sd_inspire.model.InspireModel` sets it).
     """
     if Key.HIGHLY_VARIABLE not in adata.var:
         raise KeyError("`adata.var['highly_variable']` is missing: run `sd_inspire.pp.preprocess` first.")
-    counts_given = adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True)
+    counts_given = values_are_counts(adata)
     if counts_given and Key.COUNTS not in adata.layers:
         raise KeyError(
             "`adata.layers['counts']` is missing: run `sd_inspire.pp.preprocess` on the raw counts (or on the "
             "normalised values, if that is all there is) first."
         )
-    if not counts_given and features == "pearson":
-        features = "lognorm"  # residuals need counts; the caller was warned (see `values_are_counts`)
     if connectivity_key not in adata.obsp:
         raise KeyError(f"No graph `adata.obsp[{connectivity_key!r}]`: run `sd_inspire.gr.spatial_neighbors` first.")
 
@@ -139,11 +138,6 @@ def prepare(
         slice_log_ratio=_slice_log_ratio(gene_totals, mask),
         values_are_counts=bool(counts_given),
     )
-
-
-def values_are_counts(adata: AnnData) -> bool:
-    """Whether ``pp.preprocess`` found integer counts (else the model factorises the normalised values in ``X``)."""
-    return bool(adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True))
 
 
 def _gene_fraction(gene_totals: np.ndarray, library: np.ndarray, codes: np.ndarray, mask: np.ndarray) -> np.ndarray:

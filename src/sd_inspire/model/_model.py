@@ -14,8 +14,8 @@ import torch
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import random_generator
-from sd_inspire.model._data import prepare, values_are_counts
+from sd_inspire._utils import random_generator, values_are_counts
+from sd_inspire.model._data import prepare
 from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input

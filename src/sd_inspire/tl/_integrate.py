@@ -12,7 +12,7 @@ import pandas as pd
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_slices, get_table, is_spatialdata
+from sd_inspire._utils import get_slices, get_table, is_spatialdata, values_are_counts
 from sd_inspire.io._zarr import check_rows_on_disk, has_lazy_matrices, write_table_parts
 from sd_inspire.tl._ensemble import Member, combine
 
@@ -174,8 +174,7 @@ def integrate(
             UserWarning,
             stacklevel=2,
         )
-    counts_expected = adata.uns.get(Key.PREPROCESS, {}).get("counts_are_integer", True)
-    if (counts_expected and Key.COUNTS not in adata.layers) or Key.HIGHLY_VARIABLE not in adata.var:
+    if (values_are_counts(adata) and Key.COUNTS not in adata.layers) or Key.HIGHLY_VARIABLE not in adata.var:
         logger.info("No preprocessing found: running `sd_inspire.pp.preprocess` with its defaults")
         preprocess(adata, slice_key=slice_key)
     if "spatial_connectivities" not in adata.obsp:
