@@ -122,3 +122,54 @@ def test_normalised_values_are_factorised_with_a_warning():
     np.testing.assert_allclose(adata.obsm["inspire_factors"].sum(axis=1), 1.0, rtol=1e-4)
     assert adata.uns["inspire"]["params"]["features"] == "lognorm"
     assert adata.uns["inspire"]["values"] == "normalised"
+
+
+def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block():
+    """Untrained, the codes are the principal components of Â^k Y; the correction is trained, the axes are not."""
+    from sklearn.decomposition import PCA
+
+    from sd_inspire.model import InspireModel
+    from sd_inspire.model._module import AnchoredMLP
+
+    adata = si.datasets.simulate(2, n_spots=150, n_genes=60, random_state=0, output="anndata")
+    si.pp.preprocess(adata, n_top_genes=50)
+    si.gr.spatial_neighbors(adata)
+    model = InspireModel(adata, n_factors=4, n_latent=8, random_state=0)
+    encoder = model.module.encoder
+    assert isinstance(encoder, AnchoredMLP)
+    assert model.params["anchored"] is True
+    model.is_trained = True  # query the untrained codes
+    z = model.get_latent()
+    block = model.data.features[:, -model.data.n_base :]
+    expected = PCA(8, svd_solver="full").fit_transform(block)
+    # the same subspace, column by column up to sign
+    corr = np.abs([np.corrcoef(z[:, j], expected[:, j])[0, 1] for j in range(8)])
+    np.testing.assert_allclose(corr, 1.0, atol=1e-4)
+    names = {n for n, _ in model.module.named_parameters()}
+    assert "encoder.axes" not in names and "encoder.correction.0.weight" in names
+    assert "encoder.axes" in model.module.state_dict()  # saved with the weights
+
+
+def test_anchored_axes_pad_with_zeros_beyond_the_block_width():
+    from sd_inspire.model._data import principal_axes
+
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    centre, axes = principal_axes(x, 5)
+    np.testing.assert_allclose(centre, x.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert axes.shape == (3, 5)
+    np.testing.assert_allclose(axes[:, :3].T @ axes[:, :3], np.eye(3), atol=1e-5)
+    assert not axes[:, 3:].any()
+
+
+def test_unanchored_and_graph_encoders_have_no_anchor():
+    from sd_inspire.model import InspireModel
+    from sd_inspire.model._module import AnchoredMLP
+
+    adata = si.datasets.simulate(2, n_spots=100, n_genes=40, random_state=0, output="anndata")
+    si.pp.preprocess(adata, n_top_genes=30)
+    si.gr.spatial_neighbors(adata)
+    plain = InspireModel(adata, n_factors=3, anchored=False)
+    assert not isinstance(plain.module.encoder, AnchoredMLP)
+    assert plain.params["anchored"] is False
+    gat = InspireModel(adata, n_factors=3, encoder="gat")
+    assert gat.params["anchored"] is False

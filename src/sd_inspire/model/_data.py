@@ -340,6 +340,25 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
     return y, float(values[0])
 
 
+def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the first ``n_comp`` principal axes (columns, float32) of the rows of dense ``x``.
+
+    Axes beyond the rank of ``x`` (``n_comp`` > its width) are zero columns.
+    """
+    n, p = x.shape
+    total, gram = np.zeros(p), np.zeros((p, p))
+    for start in range(0, n, chunk_size):
+        block = np.asarray(x[start : start + chunk_size], dtype=np.float64)
+        total += block.sum(axis=0)
+        gram += block.T @ block
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    axes = np.zeros((p, n_comp), dtype=np.float32)
+    k = min(n_comp, p)
+    axes[:, :k] = _top_axes(cov, k)[1]
+    return mean.astype(np.float32), axes
+
+
 def _top_axes(cov: np.ndarray, n_comp: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_comp`` largest eigenvalues (decreasing) of ``cov`` and their eigenvectors (columns).
 

@@ -63,6 +63,9 @@ class InspireModule(nn.Module):
     encoder
         An encoder module to use instead of the MLP (e.g. a graph attention network); it maps the input passed to
         :meth:`encode` to ``n_latent`` columns.
+    anchor
+        ``(axes, centre, start)``: anchor the MLP encoder's codes at a fixed linear map of the input, columns
+        ``start:`` centred at ``centre`` and projected on ``axes`` (width x ``n_latent``); see :class:`AnchoredMLP`.
     """
 
     def __init__(
@@ -77,10 +80,15 @@ class InspireModule(nn.Module):
         slice_aware_factors: bool = False,
         dropout: float = 0.1,
         encoder: nn.Module | None = None,
+        anchor: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> None:
         super().__init__()
         self.n_slices = n_slices
-        self.encoder = encoder if encoder is not None else mlp(n_input, n_hidden, n_latent, dropout)
+        if encoder is None:
+            encoder = mlp(n_input, n_hidden, n_latent, dropout)
+            if anchor is not None:
+                encoder = AnchoredMLP(encoder, *anchor)
+        self.encoder = encoder
         self.slice_embedding = nn.Embedding(n_slices, 8)
         self.decoder = mlp(n_latent + 8, n_hidden, n_input, dropout)
         self.factor_head = nn.Linear(n_latent, n_factors)
@@ -226,6 +234,41 @@ def _geometry(z: torch.Tensor, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor
 def _cosine(x: torch.Tensor) -> torch.Tensor:
     x = F.normalize(x, dim=-1)
     return x @ x.T
+
+
+class AnchoredMLP(nn.Module):
+    """Codes ``z = (h[:, start:] - centre) @ axes + f(h)``: a fixed linear map of the input plus a learned correction.
+
+    ``axes`` are the principal axes of the most smoothed features ``Â^k Y`` and ``f`` is an MLP whose output layer
+    starts at zero, so training starts from the principal components of the smoothed expression (the domain
+    structure a linear reduction keeps) and the other terms of the objective, the alignment above all, learn how
+    far to move away from them. Without the anchor, the encoder starts from random codes and the alignment can
+    settle on codes that fool the discriminator but lose domains that the input held.
+
+    Parameters
+    ----------
+    correction
+        The MLP ``f`` (its last module a ``Linear`` layer, set to zero here).
+    axes
+        Projection, width of ``h[:, start:]`` x width of the codes.
+    centre
+        Mean of ``h[:, start:]``.
+    start
+        First column of the anchored block.
+    """
+
+    def __init__(self, correction: nn.Sequential, axes: torch.Tensor, centre: torch.Tensor, start: int) -> None:
+        super().__init__()
+        self.correction = correction
+        nn.init.zeros_(correction[-1].weight)
+        nn.init.zeros_(correction[-1].bias)
+        self.register_buffer("axes", axes.float())
+        self.register_buffer("centre", centre.float())
+        self.start = int(start)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Codes of the rows of ``h``."""
+        return (h[:, self.start :] - self.centre) @ self.axes + self.correction(h)
 
 
 class GATEncoder(nn.Module):
