@@ -488,9 +488,14 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset: sd-inspire against the best of every baseline and peer (PCA(z) included: on cell-type labels the
-    unsmoothed expression is the one to beat)."""
-    rivals = [*BASELINES, *PEERS]
+    """Per dataset: sd-inspire's ARI against the best of every baseline and peer, its mixing against theirs.
+
+    PCA(z) counts for the ARI (on cell-type labels, such as the MERFISH classes, the unsmoothed expression is the
+    one to beat) but not for the mixing: it mixes slices because it keeps little domain structure within them
+    (BaristaSeq: ARI 0.13, mixing 0.86), so its mixing is no bar for a method that keeps domains. The mixing bar is
+    the issue's: the smoothed baselines and the peers.
+    """
+    rivals, mixers = [*BASELINES, *PEERS], [*BASELINES[1:], *PEERS]
     out = []
     for dataset, group in runs.groupby("dataset", sort=False):
         means = group.groupby("method")[["ARI gmm", "mixing"]].mean() if "ARI gmm" in group else pd.DataFrame()
@@ -498,7 +503,8 @@ def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
             out.append({"dataset": dataset, "verdict": "sd-inspire did not run"})
             continue
         others = means.loc[[m for m in rivals if m in means.index]].dropna()
-        best_ari, best_mix = others["ARI gmm"].max(), others["mixing"].max()
+        mixing = others.loc[[m for m in mixers if m in others.index]]
+        best_ari, best_mix = others["ARI gmm"].max(), mixing["mixing"].max()
         ours = means.loc[MODEL]
         ok_ari, ok_mix = ours["ARI gmm"] >= best_ari - 1e-9, ours["mixing"] >= 0.9 * best_mix
         out.append(
@@ -507,7 +513,7 @@ def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
                 "sd-inspire ARI": round(ours["ARI gmm"], 3),
                 "best other ARI": f"{best_ari:.3f} ({others['ARI gmm'].idxmax()})",
                 "sd-inspire mixing": round(ours["mixing"], 3),
-                "0.9 x best other mixing": f"{0.9 * best_mix:.3f} ({others['mixing'].idxmax()})",
+                "0.9 x best other mixing": f"{0.9 * best_mix:.3f} ({mixing['mixing'].idxmax()})",
                 "verdict": "met"
                 if ok_ari and ok_mix
                 else ("ARI short" if not ok_ari else "mixing short") + ("" if ok_ari or ok_mix else ", mixing short"),

@@ -146,7 +146,8 @@ def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block()
     corr = np.abs([np.corrcoef(z[:, j], expected[:, j])[0, 1] for j in range(8)])
     np.testing.assert_allclose(corr, 1.0, atol=1e-4)
     names = {n for n, _ in model.module.named_parameters()}
-    assert "encoder.axes" not in names and "encoder.correction.0.weight" in names
+    assert "encoder.axes" not in names
+    assert "encoder.correction.0.weight" in names
     assert "encoder.axes" in model.module.state_dict()  # saved with the weights
 
 
