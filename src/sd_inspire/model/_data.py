@@ -326,13 +326,9 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
     scikit-learn's sign convention (the largest loading of each axis is positive): the same axes as
     :class:`sklearn.decomposition.PCA` on the sparse matrix (ARPACK), which needs hundreds of passes over ``x``.
     """
-    n, p = x.shape
-    total, gram, step = np.zeros(p), np.zeros((p, p)), min(chunk_size, _GRAM_CHUNK)
-    for _, _, (block_total, block_gram) in map_row_blocks(x, _block_gram, chunk_size=step):
-        total += block_total
-        gram += block_gram  # float32 products of one chunk, summed over chunks in float64
-    mean = total / n
-    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    step = min(chunk_size, _GRAM_CHUNK)
+    # float32 products of one chunk, summed over chunks in float64
+    mean, cov = _mean_and_covariance((m for _, _, m in map_row_blocks(x, _block_gram, chunk_size=step)), x.shape)
     values, vectors = _top_axes(cov, n_comp)
     vectors = vectors.astype(np.float32)
     y = matmul_rows(x, vectors, chunk_size)
@@ -346,17 +342,23 @@ def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = 20_000) -> tupl
     Axes beyond the rank of ``x`` (``n_comp`` > its width) are zero columns.
     """
     n, p = x.shape
-    total, gram = np.zeros(p), np.zeros((p, p))
-    for start in range(0, n, chunk_size):
-        block = np.asarray(x[start : start + chunk_size], dtype=np.float64)
-        total += block.sum(axis=0)
-        gram += block.T @ block
-    mean = total / n
-    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    blocks = (np.asarray(x[a : a + chunk_size], dtype=np.float64) for a in range(0, n, chunk_size))
+    mean, cov = _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), x.shape)
     axes = np.zeros((p, n_comp), dtype=np.float32)
     k = min(n_comp, p)
     axes[:, :k] = _top_axes(cov, k)[1]
     return mean.astype(np.float32), axes
+
+
+def _mean_and_covariance(moments: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and covariance of an ``n x p`` matrix from ``(column sums, xᵀx)`` of its row blocks."""
+    n, p = shape
+    total, gram = np.zeros(p), np.zeros((p, p))
+    for block_total, block_gram in moments:
+        total += block_total
+        gram += block_gram
+    mean = total / n
+    return mean, (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
 
 
 def _top_axes(cov: np.ndarray, n_comp: int) -> tuple[np.ndarray, np.ndarray]:
