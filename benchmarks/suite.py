@@ -1,7 +1,7 @@
 """One fixed protocol for every dataset and every method: the integration benchmark of sd-inspire.
 
     .venv/bin/python benchmarks/suite.py [--quick] [--seeds 0 1 2 3 4] [--datasets NAME ...] [--peers DIR]
-        [--export DIR] [--threads 2] [--name suite] [--combine RUNS_CSV ...]
+        [--export DIR] [--threads 2] [--name suite] [--combine RUNS_CSV ...] [--model-kwargs JSON]
 
 Needs the ``bench`` extra (``.venv/bin/pip install -e ".[bench]"``: harmonypy, scib-metrics).
 
@@ -35,6 +35,7 @@ dataset: sd-inspire's ARI against the best baseline's and peer's, and its mixing
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -315,14 +316,15 @@ def nmf_factors(table, n_factors: int, seed: int) -> np.ndarray:
     return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
 
 
-def run_model(table, seed: int, threads: int) -> dict:
-    """sd-inspire with the defaults of ``tl.integrate``: latent space and factors, wall time, peak memory."""
+def run_model(table, seed: int, threads: int, model_kwargs: dict | None = None) -> dict:
+    """sd-inspire with the defaults of ``tl.integrate`` (or ``model_kwargs``, an ablation): latent space and factors,
+    wall time, peak memory."""
     import sd_inspire as si
 
     work = table.copy()
     with PeakMemory() as mem:
         start = time.perf_counter()
-        si.tl.integrate(work, random_state=seed, show_progress_bar=False)
+        si.tl.integrate(work, random_state=seed, show_progress_bar=False, **(model_kwargs or {}))
         seconds = time.perf_counter() - start
     return {
         "embedding": work.obsm["X_inspire"],
@@ -463,7 +465,7 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
         base["threads"] = args.threads
         results: dict[str, dict] = baselines(table, seed)
         try:
-            results[MODEL] = run_model(table, seed, args.threads)
+            results[MODEL] = run_model(table, seed, args.threads, args.model_kwargs)
         except Exception as error:  # noqa: BLE001 - a refusal is a result of the suite, reported in the table
             results[MODEL] = {"error": f"{type(error).__name__}: {error}"}
         for peer in PEERS:
@@ -565,6 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, default=None, help="write every dataset here for the peers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default=None, help="result file stem (default: suite, or suite_quick)")
+    parser.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="ablations only: arguments of tl.integrate for sd-inspire, e.g. '{\"n_hops\": 2}' (not the defaults: "
+        "name the result file after them)",
+    )
     parser.add_argument(
         "--combine", nargs="+", default=None, metavar="RUNS_CSV", help="only tabulate runs written by earlier calls"
     )
