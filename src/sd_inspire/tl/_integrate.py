@@ -73,10 +73,14 @@ def integrate(
         ``"lgcn"`` (precomputed sparse neighbour propagation) or ``"gat"`` (graph attention on sampled subgraphs).
     n_hops
         Propagation hops of the ``"lgcn"`` features (3; INSPIRE used 2), see :class:`sd_inspire.model.InspireModel`.
+        Fewer hops keep small domains (islands a few spots across), more hops smooth broad layered domains; neither
+        2 nor 4 was better than 3 on every set of ``benchmarks/suite.py`` (``benchmarks/results/ablations.md``).
     features
         Input of the encoder's linear reduction: ``"pearson"`` (analytic Pearson residuals of the counts, which carry
         little of the sequencing depth) or ``"lognorm"`` (the log-normalised ``X``), see
-        :class:`sd_inspire.model.InspireModel`.
+        :class:`sd_inspire.model.InspireModel`. ``"lognorm"`` scored higher on a targeted in situ panel
+        (BaristaSeq, 79 genes) and lower where sequencing depth varies between spots (DLPFC: the latent space then
+        follows the depth); try it for small imaging panels, and compare with the default.
     max_steps
         Training steps; by default from the size of the largest slice (600 to 3000).
     batch_size
