@@ -411,3 +411,60 @@ def test_dlpfc_flow_from_raw_folders(dlpfc_dir, tmp_path):
     assert "inspire" in u.uns
     assert "inspire_factors" in back.tables
     assert set(DLPFC_SLICES) <= set(back.shapes)
+
+
+def _tamper_h5(file: Path, **datasets) -> None:
+    import h5py
+
+    with h5py.File(file, "r+") as f:
+        for name, value in datasets.items():
+            del f[f"matrix/{name}"]
+            f[f"matrix/{name}"] = value
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        # an out-of-range gene index made scipy crash the interpreter (segmentation fault) before this check
+        (lambda m: {"indices": np.where(m["indices"] == 0, 10**6, m["indices"])}, r"indices holds gene index 1000000"),
+        (lambda m: {"indices": np.where(m["indices"] == 0, -3, m["indices"])}, r"indices holds gene index -3"),
+        (lambda m: {"indptr": m["indptr"][::-1]}, r"indptr must rise from 0"),
+        (lambda m: {"indptr": m["indptr"][:-2]}, r"indptr must hold 13 integers"),
+        (lambda m: {"shape": np.array([8, 99], dtype=np.int32)}, r"shape says 99 barcodes"),
+        (lambda m: {"shape": np.array([3, 12], dtype=np.int32)}, r"shape says 3 genes but .*features/id holds 8"),
+        (lambda m: {"shape": np.array([8.5, 12.0])}, r"shape must hold two non-negative integers"),
+    ],
+)
+def test_malformed_h5_structure_is_refused_naming_the_dataset(tmp_path, edit, match):
+    import h5py
+
+    write_visium(tmp_path)
+    file = tmp_path / VisiumFile.FILTERED_COUNTS
+    with h5py.File(file, "r") as f:
+        parts = {k: f[f"matrix/{k}"][:] for k in ("indices", "indptr", "shape")}
+    _tamper_h5(file, **edit(parts))
+    with pytest.raises(ValueError, match=match) as info:
+        si.io.visium(tmp_path)
+    assert str(file) in str(info.value)
+
+
+def test_malformed_h5_is_refused_by_the_cli_with_a_message(tmp_path):
+    import subprocess
+    import sys
+
+    import h5py
+
+    write_visium(tmp_path / "in")
+    file = tmp_path / "in" / VisiumFile.FILTERED_COUNTS
+    with h5py.File(file, "r") as f:
+        indices = f["matrix/indices"][:]
+    _tamper_h5(file, indices=np.where(indices == 0, 10**6, indices))
+    run = subprocess.run(
+        [sys.executable, "-m", "sd_inspire", "read", str(tmp_path / "in"), "-o", str(tmp_path / "out.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr  # an error, not a crash (-11)
+    assert "gene index 1000000" in run.stderr
+    assert not (tmp_path / "out.zarr").exists()

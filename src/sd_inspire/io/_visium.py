@@ -264,15 +264,55 @@ def _read_h5_sample(
 
 
 def _h5_barcodes(file: Path) -> pd.Index:
-    """Barcodes of a 10x HDF5 matrix (v3 ``matrix/`` group, or the one genome group of v2 files)."""
+    """Barcodes of a 10x HDF5 matrix (v3 ``matrix/`` group, or the one genome group of v2 files).
+
+    The sparse structure is checked first: a pointer or gene index out of range would crash the interpreter inside
+    scipy, so the file is refused here with the dataset at fault named.
+    """
     import h5py
 
     try:
         with h5py.File(file, "r") as f:
             group = f[VisiumFile.H5_MATRIX_GROUP] if VisiumFile.H5_MATRIX_GROUP in f else f[next(iter(f))]
-            return pd.Index(group[VisiumFile.H5_BARCODES][:].astype(str))
+            barcodes = pd.Index(group[VisiumFile.H5_BARCODES][:].astype(str))
+            _check_h5_structure(group, barcodes.size, file)
+            return barcodes
     except (OSError, KeyError, StopIteration, TypeError) as e:
         raise ValueError(f"{file}: not a readable 10x HDF5 count matrix ({e}).") from e
+
+
+#: Values of ``indices`` checked at a time (a few tens of MB).
+_H5_CHUNK = 1 << 22
+
+
+def _check_h5_structure(group: Any, n_barcodes: int, file: Path) -> None:
+    """Raise ``ValueError`` unless ``group`` holds a consistent compressed-sparse-column matrix, genes x barcodes."""
+    where = f"{file}: {group.name}"
+    shape = np.asarray(group["shape"][:])
+    if shape.shape != (2,) or not np.issubdtype(shape.dtype, np.integer) or (shape < 0).any():
+        raise ValueError(f"{where}/shape must hold two non-negative integers (genes, barcodes), got {shape.tolist()}.")
+    n_genes, n_columns = (int(v) for v in shape)
+    if n_columns != n_barcodes:
+        raise ValueError(f"{where}/shape says {n_columns} barcodes but {where}/barcodes holds {n_barcodes}.")
+    names = "features/id" if "features" in group else "genes"  # v3, v2
+    if names in group and group[names].shape[0] != n_genes:
+        raise ValueError(f"{where}/shape says {n_genes} genes but {where}/{names} holds {group[names].shape[0]}.")
+    indptr = np.asarray(group["indptr"][:])
+    n_values, n_indices = group["data"].shape[0], group["indices"].shape[0]
+    if indptr.shape != (n_columns + 1,) or not np.issubdtype(indptr.dtype, np.integer):
+        raise ValueError(f"{where}/indptr must hold {n_columns + 1} integers (barcodes + 1), got {indptr.shape[0]}.")
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != n_values or n_indices != n_values:
+        raise ValueError(
+            f"{where}/indptr must rise from 0 to the number of stored values ({n_values} in data, {n_indices} in "
+            f"indices), got {int(indptr[0])} to {int(indptr[-1])}"
+            + (", falling in places." if (np.diff(indptr) < 0).any() else ".")
+        )
+    indices = group["indices"]
+    for start in range(0, n_indices, _H5_CHUNK):
+        block = np.asarray(indices[start : start + _H5_CHUNK])
+        if block.size and (int(block.min()) < 0 or int(block.max()) >= n_genes):
+            bad = int(block[(block < 0) | (block >= n_genes)][0])
+            raise ValueError(f"{where}/indices holds gene index {bad}, outside the matrix's {n_genes} genes.")
 
 
 def _read_mtx_sample(
