@@ -97,7 +97,15 @@ def prepare(
     counts = layer if hv.all() else layer[:, np.flatnonzero(hv)]
     if not is_lazy(counts):
         counts = sparse.csr_matrix(counts, dtype=np.float32)
-    library, saturated, gene_totals = _library_and_saturated(counts, chunk_size, codes, len(slice_names))
+    try:
+        library, saturated, gene_totals = _library_and_saturated(counts, chunk_size, codes, len(slice_names))
+    except InvalidCountsError as e:
+        where = f"adata.layers[{str(Key.COUNTS)!r}]" if counts_given else "adata.X"
+        raise ValueError(
+            f"{where} holds {e.n_bad} negative, NaN or infinite values in the gene space (e.g. {e.value} for spot "
+            f"{adata.obs_names[e.row]!r}, gene {str(genes[e.col])!r}): the count model needs finite, non-negative "
+            "values. Fix or drop them before `sd_inspire.pp.preprocess`."
+        ) from None
     empty = library <= 0
     if empty.any():
         raise ValueError(
@@ -298,12 +306,23 @@ def _library_and_saturated(
     saturated = np.zeros(counts.shape[0], dtype=np.float32)
     gene_totals = np.zeros((n_slices, counts.shape[1]))
     codes = np.zeros(counts.shape[0], dtype=np.int64) if codes is None else codes
-    for start, stop, (lib, sat, genes) in map_row_blocks(
+    for start, stop, (lib, sat, genes, bad) in map_row_blocks(
         counts, _block_library_and_saturated, rows=(codes,), args=(n_slices,), chunk_size=chunk_size
     ):
+        if bad is not None:  # the likelihood of a negative or non-finite count is undefined: NaN everywhere after
+            n_bad, row, col, value = bad
+            raise InvalidCountsError(n_bad, start + row, col, value)
         library[start:stop], saturated[start:stop] = lib, sat
         gene_totals += genes
     return library, saturated, gene_totals
+
+
+class InvalidCountsError(ValueError):
+    """Counts that are negative, NaN or infinite; the caller names the table, layer, spot and gene."""
+
+    def __init__(self, n_bad: int, row: int, col: int, value: float) -> None:
+        super().__init__(f"{n_bad} values are negative, NaN or infinite (row {row}, column {col}: {value})")
+        self.n_bad, self.row, self.col, self.value = n_bad, row, col, value
 
 
 def _block_library_and_saturated(
@@ -311,11 +330,16 @@ def _block_library_and_saturated(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     block.eliminate_zeros()
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    invalid = ~np.isfinite(block.data) | (block.data < 0)
+    if invalid.any():
+        first = int(np.flatnonzero(invalid)[0])
+        bad = (int(invalid.sum()), int(rows[first]), int(block.indices[first]), float(block.data[first]))
+        return None, None, None, bad
     lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
         terms = block.data * np.log(block.data / lib[rows])
     genes = np.asarray((_slice_indicator(codes, n_slices) @ block).todense(), dtype=np.float64)
-    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes
+    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes, None
 
 
 def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -277,6 +278,10 @@ class InspireModel:
         show_progress_bar
             Show a progress bar with the loss terms.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
         n_slices = len(self.data.slice_names)
         per_slice = max(1, batch_size // n_slices)
         if max_steps is None:
@@ -288,6 +293,8 @@ class InspireModel:
         for k, v in (loss_weights or {}).items():
             if k not in {f.name for f in fields(LossWeights)}:
                 raise KeyError(f"Unknown loss weight {k!r}; known: {[f.name for f in fields(LossWeights)]}.")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"Loss weight {k!r} must be a finite number >= 0, got {v!r}.")
             setattr(weights, k, float(v))
         config = TrainConfig(
             n_steps=max_steps,

@@ -203,6 +203,13 @@ class Trainer:
         w = asdict(self.weights)
         w["adversarial"] = self.adversarial_weight()
         loss = sum(w[k] * v for k, v in terms.items())
+        if not torch.isfinite(loss):  # stop before the step writes NaN into the weights
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["loss"]
+            raise FloatingPointError(
+                f"Training diverged at step {self.step + 1} of {self.config.n_steps}: the loss term(s) {bad} are not "
+                f"finite. Lower the learning rate (`lr`, now {self.config.lr:g}) or check the input for extreme "
+                "values; no result was written."
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.opt.param_groups[0]["params"], self.world.size)

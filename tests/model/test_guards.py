@@ -1,0 +1,77 @@
+"""Bad values are refused before training, and a diverging run stops instead of returning NaN (issue 21)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sd_inspire as si
+from sd_inspire.model import InspireModel
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    adata = si.datasets.simulate(
+        2, n_spots=120, n_genes=80, n_cell_types=4, n_domains=3, output="anndata", random_state=5
+    )
+    si.pp.preprocess(adata, n_top_genes=60)
+    si.gr.spatial_neighbors(adata)
+    return adata
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -2.0])
+def test_invalid_counts_of_a_preprocessed_table_are_named(tiny, value):
+    adata = tiny.copy()
+    gene = int(np.flatnonzero(adata.var["highly_variable"].to_numpy())[3])
+    counts = adata.layers["counts"].tolil()
+    counts[7, gene] = value
+    adata.layers["counts"] = counts.tocsr()
+    with pytest.raises(ValueError, match=r"layers\['counts'\] holds 1 negative, NaN or infinite") as info:
+        InspireModel(adata, n_factors=3)
+    assert repr(adata.obs_names[7]) in str(info.value)
+    assert repr(str(adata.var_names[gene])) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss_weights": {"adversarial": float("nan")}}, "Loss weight 'adversarial' must be a finite number >= 0"),
+        ({"loss_weights": {"poisson": -1}}, "Loss weight 'poisson' must be a finite number >= 0"),
+        ({"loss_weights": {"prior": "4"}}, "Loss weight 'prior' must be a finite number >= 0"),
+        ({"batch_size": 0}, "`batch_size` must be a positive integer, got 0"),
+        ({"batch_size": 64.0}, "`batch_size` must be a positive integer"),
+        ({"lr": -1e-3}, "`lr` must be a positive finite number"),
+        ({"lr": float("inf")}, "`lr` must be a positive finite number"),
+    ],
+)
+def test_bad_training_arguments_are_refused_before_training(tiny, kwargs, match):
+    model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16)
+    with pytest.raises(ValueError, match=match):
+        model.train(max_steps=5, show_progress_bar=False, **kwargs)
+    assert not model.is_trained
+
+
+def test_a_diverging_run_stops_with_the_step_and_term(tiny):
+    model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16)
+    with torch.no_grad():
+        model.module.loading_logits[0, 0] = float("nan")  # as a diverged update would leave it
+    with pytest.raises(FloatingPointError, match=r"diverged at step 1 of 5: the loss term\(s\) \['poisson'\]"):
+        model.train(max_steps=5, show_progress_bar=False)
+    assert not model.is_trained
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.get_latent()
+
+
+def test_integrate_writes_nothing_when_training_diverges(tiny, monkeypatch):
+    from sd_inspire.model import _trainer
+
+    def diverge(self):
+        raise FloatingPointError("Training diverged at step 1 of 5: the loss term(s) ['poisson'] are not finite.")
+
+    monkeypatch.setattr(_trainer.Trainer, "train_step", diverge)
+    adata = tiny.copy()
+    before = set(adata.obsm) | set(adata.uns) | set(adata.obs.columns)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        si.tl.integrate(adata, max_steps=5, show_progress_bar=False)
+    assert set(adata.obsm) | set(adata.uns) | set(adata.obs.columns) == before
