@@ -452,6 +452,8 @@ def test_integrate_model_options(sim_store, tmp_path):
         (["--n-hops", "-1"], "--n-hops"),
         (["--n-domains", "3", "--n-components", "2"], "--n-components must be at least --n-domains (3)"),
         (["--device", "gpu"], "'gpu'"),
+        # refused before training (it used to fail in tl.domains, after the training)
+        (["--n-domains", "100000"], "--n-domains 100000 exceeds the number of spots in the input"),
     ],
 )
 def test_integrate_bad_values(sim_store, tmp_path, options, needle):

@@ -362,6 +362,11 @@ def _integrate(args: argparse.Namespace) -> int:
     import sd_inspire as si
 
     sdata = _load_stores(args.stores)
+    n_obs = sdata[_TABLE].n_obs
+    for option in ("n_domains", "n_components"):  # checked before training, which would otherwise be lost
+        value = getattr(args, option)
+        if value is not None and value > n_obs:
+            raise CLIError(f"--{option.replace('_', '-')} {value} exceeds the number of spots in the input ({n_obs})")
     before = _keys(sdata)
     if not args.n_domains and _DOMAIN_KEY in sdata[_TABLE].obs:
         _stderr(

@@ -91,3 +91,52 @@ def test_bad_inputs():
     negative.X = negative.X * -1.0
     with pytest.raises(ValueError, match="[Nn]egative"):
         si.tl.integrate(negative, **FAST)
+
+
+def _fail_if_trained(monkeypatch):
+    from sd_inspire.model import InspireModel
+
+    def train(*args, **kwargs):
+        raise AssertionError("training started although the results could not be written")
+
+    monkeypatch.setattr(InspireModel, "train", train)
+
+
+@pytest.mark.parametrize(
+    ("key_added", "match"),
+    [
+        ("", "`key_added` must be a non-empty string"),
+        (3, "`key_added` must be a non-empty string"),
+        ("__hidden", "gives the table name '__hidden_factors', which spatialdata refuses"),
+        ("a/b", "gives the table name 'a/b_factors', which spatialdata refuses"),
+        ("table", None),  # allowed: 'table_factors' is a new table
+    ],
+)
+def test_key_added_is_checked_before_training(monkeypatch, key_added, match):
+    _fail_if_trained(monkeypatch)
+    sdata = _sdata()
+    if match is None:
+        with pytest.raises(AssertionError, match="training started"):
+            si.tl.integrate(sdata, key_added=key_added, max_steps=5, show_progress_bar=False)
+        return
+    with pytest.raises(ValueError, match=match):
+        si.tl.integrate(sdata, key_added=key_added, max_steps=5, show_progress_bar=False)
+    assert "X_inspire" not in sdata["table"].obsm
+
+
+def test_factor_table_may_not_replace_the_integrated_table(monkeypatch):
+    _fail_if_trained(monkeypatch)
+    sdata = _sdata()
+    sdata.tables["cells_factors"] = sdata.tables.pop("table")
+    with pytest.raises(ValueError, match="over the table being integrated"):
+        si.tl.integrate(sdata, table_key="cells_factors", key_added="cells", max_steps=5, show_progress_bar=False)
+
+
+def test_duplicated_gene_names_are_refused_before_training(monkeypatch):
+    _fail_if_trained(monkeypatch)
+    adata = _sdata()["table"].copy()
+    names = adata.var_names.tolist()
+    names[4] = names[2]
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"1 duplicated gene names \(e.g. '.*'\).*var_names_make_unique"):
+        si.tl.integrate(adata, max_steps=5, show_progress_bar=False)

@@ -166,6 +166,7 @@ def integrate(
     from sd_inspire.pp import preprocess
 
     table = get_table(data, table_key)
+    _check_writable(data, table, key_added, table_key)  # before the work: a result that cannot be written is lost
     adata = table.copy() if copy else table
     slices = get_slices(adata, slice_key)
     if isinstance(n_models, bool) or not isinstance(n_models, int | np.integer) or n_models < 1:
@@ -312,6 +313,33 @@ def _member_seeds(random_state: int | None, n_models: int) -> list[int | None]:
         return [None] * n_models
     extra = np.random.SeedSequence(int(random_state)).spawn(n_models - 1)
     return [random_state, *(int(c.generate_state(1)[0] % (2**31 - 1)) for c in extra)]
+
+
+def _check_writable(data: AnnData | SpatialData, table: AnnData, key_added: Any, table_key: str | None) -> None:
+    """Refuse, before any training, what would make writing the results fail after it."""
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if not table.var_names.is_unique:
+        dup = table.var_names[table.var_names.duplicated()]
+        raise ValueError(
+            f"The table has {dup.size} duplicated gene names (e.g. {str(dup[0])!r}); results are written per gene. "
+            "Make them unique first, e.g. `table.var_names_make_unique()`."
+        )
+    if is_spatialdata(data):
+        from spatialdata._core.validation import check_valid_name
+
+        name = f"{key_added}_factors"
+        try:
+            check_valid_name(name)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"`key_added={key_added!r}` gives the table name {name!r}, which spatialdata refuses: {e}"
+            ) from None
+        if name == _table_name(data, table, table_key):
+            raise ValueError(
+                f"`key_added={key_added!r}` would write the factor table {name!r} over the table being integrated; "
+                "choose another `key_added`."
+            )
 
 
 def _table_name(sdata: SpatialData, table: AnnData, table_key: str | None) -> str:
