@@ -75,3 +75,62 @@ def test_integrate_writes_nothing_when_training_diverges(tiny, monkeypatch):
     with pytest.raises(FloatingPointError, match="diverged"):
         si.tl.integrate(adata, max_steps=5, show_progress_bar=False)
     assert set(adata.obsm) | set(adata.uns) | set(adata.obs.columns) == before
+
+
+KW = {"n_factors": 3, "n_latent": 4, "n_hidden": 16}
+RUN = {"max_steps": 12, "batch_size": 64, "show_progress_bar": False, "checkpoint_every": 5}
+
+
+@pytest.mark.parametrize(
+    ("model_kw", "train_kw", "needle"),
+    [
+        ({"random_state": 9}, {}, "seed"),
+        ({}, {"lr": 1e-2}, "lr"),
+        ({}, {"max_steps": 20}, "n_steps"),
+        ({}, {"batch_size": 32}, "per_slice"),
+        ({}, {"loss_weights": {"adversarial": 0.5}}, "loss_weights"),
+        ({}, {"early_stopping": True}, "early_stopping"),
+    ],
+)
+def test_a_checkpoint_of_another_run_is_refused(tiny, tmp_path, model_kw, train_kw, needle):
+    InspireModel(tiny, **KW, random_state=1).train(**RUN, checkpoint_dir=tmp_path)  # a finished run
+    other = InspireModel(tiny, **KW, **{"random_state": 1, **model_kw})
+    with pytest.raises(ValueError, match=rf"checkpoint of a run with other training settings \({needle}: "):
+        other.train(**{**RUN, **train_kw}, checkpoint_dir=tmp_path)
+    assert not other.is_trained
+
+
+def test_same_settings_resume_and_checkpoint_every_is_not_a_setting(tiny, tmp_path):
+    first = InspireModel(tiny, **KW, random_state=1)
+    first.train(**RUN, checkpoint_dir=tmp_path)
+    again = InspireModel(tiny, **KW, random_state=1)
+    again.train(**{**RUN, "checkpoint_every": 3}, checkpoint_dir=tmp_path)  # finished: nothing left to train
+    np.testing.assert_array_equal(again.get_latent(), first.get_latent())
+    with pytest.raises(ValueError, match="`checkpoint_every` must be a positive integer"):
+        InspireModel(tiny, **KW).train(**{**RUN, "checkpoint_every": 0}, checkpoint_dir=tmp_path / "x")
+
+
+def test_early_stopping_resumes_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    from sd_inspire.model._trainer import Trainer
+
+    run = {**RUN, "max_steps": 60, "early_stopping": True, "patience": 4, "warmup_fraction": 0.1}
+    full = InspireModel(tiny, **KW, random_state=4)
+    full.train(**run)
+    n_full = len(full.history["loss"])
+    assert n_full < 60  # it stopped early: the state that decides when must survive a restart
+    original = Trainer.train_step
+
+    def crash(self):
+        if self.step == n_full - 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    killed = InspireModel(tiny, **KW, random_state=4)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train(**{**run, "checkpoint_every": 1}, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = InspireModel(tiny, **KW, random_state=4)
+    resumed.train(**{**run, "checkpoint_every": 1}, checkpoint_dir=tmp_path)
+    assert len(resumed.history["loss"]) == n_full
+    np.testing.assert_allclose(resumed.get_latent(), full.get_latent(), rtol=1e-5, atol=1e-6)

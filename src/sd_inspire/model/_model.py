@@ -272,7 +272,9 @@ class InspireModel:
             See ``early_stopping``.
         checkpoint_dir
             Folder for a checkpoint written every ``checkpoint_every`` steps. If it holds a checkpoint of this model
-            (same genes, slices and parameters), training resumes from it and ends as an uninterrupted run would.
+            (same genes, slices and parameters), training resumes from it and ends as an uninterrupted run would
+            (early stopping included). A checkpoint of a run with other training settings (seed, steps, learning
+            rate, loss weights, batch size, alignment, early stopping) is refused: it would return that run.
         checkpoint_every
             Steps between checkpoints.
         show_progress_bar
@@ -282,6 +284,12 @@ class InspireModel:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
+        if checkpoint_dir is not None and (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, numbers.Integral)
+            or checkpoint_every < 1
+        ):
+            raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}.")
         n_slices = len(self.data.slice_names)
         per_slice = max(1, batch_size // n_slices)
         if max_steps is None:
@@ -330,12 +338,19 @@ class InspireModel:
                 name = _CHECKPOINT_FILE if self.world.size == 1 else f"checkpoint-rank{self.world.rank}.pt"
                 checkpoint = folder / name
                 meta = folder / _META_FILE
+                # everything that decides the run's result; how often it is checkpointed does not
+                settings = json.loads(
+                    json.dumps({**asdict(config), "loss_weights": asdict(weights), "seed": self.seed})
+                )
+                settings.pop("checkpoint_every")
                 if checkpoint.exists() and meta.exists():
-                    self._check_metadata(_read_metadata(meta), str(folder))
+                    saved = _read_metadata(meta)
+                    self._check_metadata(saved, str(folder))
+                    _check_same_run(saved.get("train"), settings, folder)
                     trainer.load_state(torch.load(checkpoint, weights_only=True, map_location=self.device))
                     logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
                 if self.world.is_main:
-                    meta.write_text(json.dumps(self._metadata(), indent=1))
+                    meta.write_text(json.dumps({**self._metadata(), "train": settings}, indent=1))
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
         self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
         self.is_trained = True
@@ -447,6 +462,18 @@ class InspireModel:
         model.history = meta.get("history", {})
         model.is_trained = bool(meta["is_trained"])
         return model
+
+
+def _check_same_run(saved: dict[str, Any] | None, settings: dict[str, Any], folder: Path) -> None:
+    """Refuse to resume a checkpoint of a run with other training settings (it would return that run's result)."""
+    if saved is None:  # written before the settings were recorded: nothing to compare
+        return
+    diffs = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in settings.items() if saved.get(k) != v]
+    if diffs:
+        raise ValueError(
+            f"{str(folder)!r} holds a checkpoint of a run with other training settings ({'; '.join(diffs)}): "
+            "resume with the same settings, or pass another `checkpoint_dir`."
+        )
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

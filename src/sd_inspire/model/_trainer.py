@@ -44,6 +44,11 @@ class TrainConfig:
     anchor_refreshes: int = 4  # anchor searches: at the end of the warm-up and evenly after it
 
 
+def _fresh_early_stop() -> dict:
+    """Early-stopping state: best smoothed loss, steps since, the smoothed loss, whether training stopped."""
+    return {"best": float("inf"), "since_best": 0, "smooth": None, "stopped": False}
+
+
 def encoder_input(
     features: torch.Tensor,
     data: ModelData,
@@ -98,6 +103,7 @@ class Trainer:
         # the geometry term keeps the similarities of the most smoothed features, the last block Â^k Y
         self._geometry_columns = slice(data.features.shape[1] - (data.n_base or data.features.shape[1]), None)
         self.anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # both ends, reach
+        self.early_stop = _fresh_early_stop()
 
     # -- batches
     def batch(self, idx: np.ndarray, counts: sparse.csr_matrix) -> dict:
@@ -244,6 +250,7 @@ class Trainer:
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "anchors": [] if self.anchors is None else [torch.as_tensor(a) for a in self.anchors],
+            "early_stop": dict(self.early_stop),
         }
 
     def load_state(self, state: dict) -> None:
@@ -260,6 +267,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         anchors = state.get("anchors", [])
         self.anchors = tuple(np.asarray(a) for a in anchors) if anchors else None
+        self.early_stop = {**_fresh_early_stop(), **state.get("early_stop", {})}
 
     def save_checkpoint(self, path: Path) -> None:
         """Write :meth:`state` to ``path`` atomically (write new, then replace)."""
@@ -273,7 +281,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        best, since_best, smooth = np.inf, 0, None
+        stop = self.early_stop  # part of the checkpointed state: a resumed run stops where an uninterrupted one does
         start = time.perf_counter()
         bar = tqdm(
             total=cfg.n_steps,
@@ -282,27 +290,27 @@ class Trainer:
             desc="training",
             unit="step",
         )
-        while self.step < cfg.n_steps:
+        while self.step < cfg.n_steps and not stop["stopped"]:
             record = self.train_step()
             for k, v in record.items():
                 self.history.setdefault(k, []).append(v)
             value = record["loss"]
             if cfg.early_stopping and self.world.size > 1:  # every rank must stop at the same step
                 value = mean_over_ranks(value, self.world.size)
-            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+            smooth = stop["smooth"] = value if stop["smooth"] is None else 0.98 * stop["smooth"] + 0.02 * value
             if self.step % 20 == 0:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "poisson", "adversarial")})
             bar.update(1)
+            if cfg.early_stopping and self.step > self.warmup_steps:
+                if smooth < stop["best"] - cfg.min_delta * abs(stop["best"]):
+                    stop["best"], stop["since_best"] = smooth, 0
+                else:
+                    stop["since_best"] += 1
+                    if stop["since_best"] >= cfg.patience:
+                        logger.info("Early stopping at step %d (no improvement in %d steps)", self.step, cfg.patience)
+                        stop["stopped"] = True
             if checkpoint_path is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_path)
-            if cfg.early_stopping and self.step > self.warmup_steps:
-                if smooth < best - cfg.min_delta * abs(best):
-                    best, since_best = smooth, 0
-                else:
-                    since_best += 1
-                    if since_best >= cfg.patience:
-                        logger.info("Early stopping at step %d (no improvement in %d steps)", self.step, cfg.patience)
-                        break
         bar.close()
         if checkpoint_path is not None and cfg.checkpoint_every:
             self.save_checkpoint(checkpoint_path)

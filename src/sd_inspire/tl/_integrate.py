@@ -43,6 +43,7 @@ def integrate(
     uncertainty: bool | None = None,
     device: str = "auto",
     checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 200,
     show_progress_bar: bool = True,
     random_state: int | None = 0,
     key_added: str = "inspire",
@@ -112,7 +113,9 @@ def integrate(
         only rank 0 writes into a backing store.
     checkpoint_dir
         Folder for training checkpoints; a run interrupted midway resumes from it (one file per rank when
-        data-parallel).
+        data-parallel). A checkpoint of a run with other training settings is refused, not returned.
+    checkpoint_every
+        Steps between checkpoints (with ``checkpoint_dir``).
     show_progress_bar
         Show a progress bar with the loss terms.
     %(random_state)s On the CPU, equal seeds give equal results.
@@ -211,6 +214,7 @@ def integrate(
                 loss_weights=loss_weights,
                 alignment=alignment,
                 checkpoint_dir=_member_folder(checkpoint_dir, len(members), n_models),
+                checkpoint_every=checkpoint_every,
                 show_progress_bar=show_progress_bar,
             )
             members.append(_outputs(model, uncertainty=uncertainty))
