@@ -254,6 +254,15 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_store(tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_never_replaces_a_regular_file(tmp_path):
+    write_visium(tmp_path / "s1", n_spots=12, n_genes=8)
+    keep = tmp_path / "results.zarr"
+    keep.write_text("mine")  # a file named like a store: --overwrite used to delete it
+    code, _, stderr = run("read", tmp_path / "s1", "-o", keep, "--overwrite")
+    assert_clean_error(code, stderr, str(keep), "is a file, not a zarr store")
+    assert keep.read_text() == "mine"
+
+
 def test_failed_write_keeps_the_old_store(tmp_path, monkeypatch):
     write_visium(tmp_path / "s1", n_spots=12, n_genes=8)
     out = tmp_path / "out.zarr"
@@ -393,6 +402,13 @@ def test_integrate_refuses_to_overwrite(integrated):
     )
     assert_clean_error(code, stderr, "factors.png", "--overwrite")  # figures are not replaced either
     assert not folder.exists()
+
+
+def test_integrate_refuses_a_store_given_twice(tmp_path, sim_store):
+    # it used to integrate every spot twice, as if the store held two copies of each slice
+    code, _, stderr = run("integrate", sim_store, str(sim_store) + "/", "-o", tmp_path / "x.zarr")
+    assert_clean_error(code, stderr, "the same store is given more than once", "duplicated")
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_integrate_several_stores(tmp_path, sim_store):

@@ -355,6 +355,12 @@ def _integrate(args: argparse.Namespace) -> int:
         raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     for store in args.stores:
         _require_exists(store)
+    resolved = [Path(store).resolve() for store in args.stores]
+    repeated = sorted(
+        {str(store) for store, path in zip(args.stores, resolved, strict=True) if resolved.count(path) > 1}
+    )
+    if repeated:
+        raise CLIError(f"the same store is given more than once ({', '.join(repeated)}): its spots would be duplicated")
     _check_output(args.output, overwrite=args.overwrite)
     figure_names = ["factors", "programs", "history"] + (["domains"] if args.n_domains else [])
     figures = _prepare_figures(args.figures, figure_names, overwrite=args.overwrite) if args.figures else []
@@ -595,6 +601,8 @@ def _check_output(path: Path, *, overwrite: bool) -> None:
         raise CLIError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir() and not _is_zarr_store(path):
         raise CLIError(f"{path} is a folder but not a zarr store; refusing to replace it")
+    if not path.is_dir():
+        raise CLIError(f"{path} is a file, not a zarr store; refusing to replace it")
 
 
 def _write_store(sdata: SpatialData, path: Path) -> None:
