@@ -134,3 +134,67 @@ def test_early_stopping_resumes_as_an_uninterrupted_run(tiny, tmp_path, monkeypa
     resumed.train(**{**run, "checkpoint_every": 1}, checkpoint_dir=tmp_path)
     assert len(resumed.history["loss"]) == n_full
     np.testing.assert_allclose(resumed.get_latent(), full.get_latent(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    model = InspireModel(tiny, **KW)
+    model.train(max_steps=5, batch_size=64, show_progress_bar=False)
+    model.save(folder)
+    return folder
+
+
+def _copy(saved, tmp_path):
+    import shutil
+
+    return shutil.copytree(saved, tmp_path / "m")
+
+
+def test_truncated_weights_name_the_file_without_torch_advice(tiny, saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    data = (folder / "model.pt").read_bytes()
+    (folder / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.pt: not a readable model weights file") as info:
+        InspireModel.load(folder, tiny)
+    assert "weights_only" not in str(info.value)
+
+
+def test_a_pickled_object_is_not_loaded(tiny, saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    torch.save({"module": InspireModel}, folder / "model.pt")  # needs code to unpickle: refused, not run
+    with pytest.raises(ValueError, match=r"model\.pt: not a readable model weights file") as info:
+        InspireModel.load(folder, tiny)
+    assert "weights_only" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"params": 3}', "[]", '{"params": {}}'])
+def test_bad_metadata_names_the_file(tiny, saved, tmp_path, text):
+    folder = _copy(saved, tmp_path)
+    (folder / "model.json").write_text(text)
+    with pytest.raises(ValueError, match=r"model\.json: not the metadata of a saved model"):
+        InspireModel.load(folder, tiny)
+
+
+def test_non_finite_or_foreign_weights_are_refused(tiny, saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["loading_logits"][0, 0] = float("nan")
+    torch.save(state, folder / "model.pt")
+    with pytest.raises(ValueError, match=r"weight 'loading_logits' holds NaN or infinite values"):
+        InspireModel.load(folder, tiny)
+    state["loading_logits"] = torch.zeros(2, 2)
+    torch.save(state, folder / "model.pt")
+    with pytest.raises(ValueError, match=r"weight 'loading_logits' has shape \(2, 2\)"):
+        InspireModel.load(folder, tiny)
+    del state["loading_logits"]
+    torch.save(state, folder / "model.pt")
+    with pytest.raises(ValueError, match=r"do not belong to this model \(differing entries: \['loading_logits'\]\)"):
+        InspireModel.load(folder, tiny)
+
+
+def test_damaged_checkpoint_names_the_file(tiny, tmp_path):
+    InspireModel(tiny, **KW, random_state=1).train(**RUN, checkpoint_dir=tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: not a readable checkpoint"):
+        InspireModel(tiny, **KW, random_state=1).train(**RUN, checkpoint_dir=tmp_path)

@@ -347,7 +347,14 @@ class InspireModel:
                     saved = _read_metadata(meta)
                     self._check_metadata(saved, str(folder))
                     _check_same_run(saved.get("train"), settings, folder)
-                    trainer.load_state(torch.load(checkpoint, weights_only=True, map_location=self.device))
+                    try:
+                        state = torch.load(checkpoint, weights_only=True, map_location=self.device)
+                    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+                        raise ValueError(
+                            f"{checkpoint}: not a readable checkpoint (truncated or damaged: {type(e).__name__}); "
+                            "delete it to train from the start, or pass another `checkpoint_dir`."
+                        ) from None
+                    trainer.load_state(state)
                     logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
                 if self.world.is_main:
                     meta.write_text(json.dumps({**self._metadata(), "train": settings}, indent=1))
@@ -448,19 +455,30 @@ class InspireModel:
         FileNotFoundError
             If ``path`` holds no model.
         ValueError
-            If the model does not match the data.
+            If a file is truncated, not written by :meth:`save` or damaged (non-finite weights), or the model does
+            not match the data.
         """
         folder = Path(path)
         if not (folder / _WEIGHTS_FILE).exists() or not (folder / _META_FILE).exists():
             raise FileNotFoundError(f"{str(folder)!r} holds no model ({_WEIGHTS_FILE} and {_META_FILE} expected).")
         meta = _read_metadata(folder / _META_FILE)
-        model = cls(adata, **meta["params"], random_state=meta["random_state"], device=device)
-        model.seed = int(meta["seed"])
+        try:
+            params, random_state, seed, is_trained = (
+                meta["params"],
+                meta["random_state"],
+                int(meta["seed"]),
+                bool(meta["is_trained"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{folder / _META_FILE}: not the metadata of a saved model ({type(e).__name__}: {e})."
+            ) from None
+        model = cls(adata, **params, random_state=random_state, device=device)
+        model.seed = seed
         model._check_metadata(meta, str(folder))
-        state = torch.load(folder / _WEIGHTS_FILE, weights_only=True, map_location=model.device)
-        model.module.load_state_dict(state)
+        model.module.load_state_dict(_load_weights(folder / _WEIGHTS_FILE, model.module, model.device))
         model.history = meta.get("history", {})
-        model.is_trained = bool(meta["is_trained"])
+        model.is_trained = is_trained
         return model
 
 
@@ -482,9 +500,40 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     A missing parameter gets the value the model was trained with: ``features="lognorm"``, the only input before the
     parameter existed, and ``anchored=False``.
     """
-    meta = json.loads(path.read_text())
-    meta["params"] = {"features": "lognorm", "anchored": False, **meta["params"]}
+    try:
+        meta = json.loads(path.read_text())
+        meta["params"] = {"features": "lognorm", "anchored": False, **meta["params"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not the metadata of a saved model (truncated or edited? {type(e).__name__}: {e})."
+        ) from None
+    if not isinstance(meta["params"], dict):
+        raise ValueError(f"{path}: not the metadata of a saved model ('params' is not a mapping).")
     return meta
+
+
+def _load_weights(path: Path, module: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """The weights in ``path``, checked against ``module`` (names, shapes) and for non-finite values."""
+    try:
+        state = torch.load(path, weights_only=True, map_location=device)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; the message names the file
+        raise ValueError(
+            f"{path}: not a readable model weights file (truncated, or not written by `InspireModel.save`: "
+            f"{type(e).__name__})."
+        ) from None
+    expected = module.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        names = sorted(set(state) ^ set(expected)) if isinstance(state, dict) else []
+        raise ValueError(f"{path}: the weights do not belong to this model (differing entries: {names[:5]}).")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape:
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"{path}: weight {name!r} has shape {got}, the model expects {tuple(expected[name].shape)}."
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: weight {name!r} holds NaN or infinite values; the file is damaged.")
+    return state
 
 
 def _device(device: str | torch.device) -> torch.device:
