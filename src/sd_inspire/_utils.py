@@ -201,8 +201,10 @@ def random_generator(random_state: int | np.random.Generator | None) -> np.rando
     """Turn ``random_state`` into a :class:`numpy.random.Generator` (never touches global state)."""
     if isinstance(random_state, np.random.Generator):
         return random_state
-    if random_state is not None and not isinstance(random_state, int | np.integer):
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int | np.integer)):
         raise TypeError(f"`random_state` must be an int, a numpy Generator or None, got {random_state!r}.")
+    if random_state is not None and random_state < 0:
+        raise ValueError(f"`random_state` must be a non-negative integer, got {random_state}.")
     return np.random.default_rng(random_state)
 
 

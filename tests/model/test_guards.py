@@ -36,13 +36,13 @@ def test_invalid_counts_of_a_preprocessed_table_are_named(tiny, value):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"loss_weights": {"adversarial": float("nan")}}, "Loss weight 'adversarial' must be a finite number >= 0"),
-        ({"loss_weights": {"poisson": -1}}, "Loss weight 'poisson' must be a finite number >= 0"),
-        ({"loss_weights": {"prior": "4"}}, "Loss weight 'prior' must be a finite number >= 0"),
-        ({"batch_size": 0}, "`batch_size` must be a positive integer, got 0"),
-        ({"batch_size": 64.0}, "`batch_size` must be a positive integer"),
-        ({"lr": -1e-3}, "`lr` must be a positive finite number"),
-        ({"lr": float("inf")}, "`lr` must be a positive finite number"),
+        ({"loss_weights": {"adversarial": float("nan")}}, r"`loss_weights\['adversarial'\]` must be a finite number"),
+        ({"loss_weights": {"poisson": -1}}, r"`loss_weights\['poisson'\]` must be at least 0.0"),
+        ({"loss_weights": {"prior": "4"}}, r"`loss_weights\['prior'\]` must be a finite number"),
+        ({"batch_size": 0}, "`batch_size` must be at least 1, got 0"),
+        ({"batch_size": 64.0}, "`batch_size` must be an integer, got 64.0"),
+        ({"lr": -1e-3}, "`lr` must be positive"),
+        ({"lr": float("inf")}, "`lr` must be a finite number"),
     ],
 )
 def test_bad_training_arguments_are_refused_before_training(tiny, kwargs, match):
@@ -106,7 +106,7 @@ def test_same_settings_resume_and_checkpoint_every_is_not_a_setting(tiny, tmp_pa
     again = InspireModel(tiny, **KW, random_state=1)
     again.train(**{**RUN, "checkpoint_every": 3}, checkpoint_dir=tmp_path)  # finished: nothing left to train
     np.testing.assert_array_equal(again.get_latent(), first.get_latent())
-    with pytest.raises(ValueError, match="`checkpoint_every` must be a positive integer"):
+    with pytest.raises(ValueError, match="`checkpoint_every` must be at least 1"):
         InspireModel(tiny, **KW).train(**{**RUN, "checkpoint_every": 0}, checkpoint_dir=tmp_path / "x")
 
 
@@ -198,3 +198,18 @@ def test_damaged_checkpoint_names_the_file(tiny, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 damaged")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: not a readable checkpoint"):
         InspireModel(tiny, **KW, random_state=1).train(**RUN, checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_factors": 2.5}, ValueError, "`n_factors` must be an integer, got 2.5"),
+        ({"n_latent": 0}, ValueError, "`n_latent` must be at least 1, got 0"),
+        ({"n_hops": True}, ValueError, "`n_hops` must be an integer, got True"),
+        ({"random_state": -1}, ValueError, "`random_state` must be a non-negative integer, got -1"),
+        ({"random_state": 1.5}, TypeError, "`random_state` must be an int"),
+    ],
+)
+def test_bad_model_arguments_are_named(tiny, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        InspireModel(tiny, **kwargs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
 from sd_inspire._utils import random_generator, values_are_counts
+from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._data import prepare, principal_axes
 from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
@@ -130,8 +130,12 @@ class InspireModel:
     ) -> None:
         if encoder not in ("lgcn", "gat"):
             raise ValueError(f"`encoder` must be 'lgcn' or 'gat', got {encoder!r}.")
-        if n_latent < 1 or n_hidden < 1 or n_hops < 0 or n_pcs < 2:
-            raise ValueError("`n_latent`, `n_hidden` must be positive, `n_hops` >= 0 and `n_pcs` >= 2.")
+        n_latent, n_hidden = (
+            check_integer(n_latent, "n_latent", minimum=1),
+            check_integer(n_hidden, "n_hidden", minimum=1),
+        )
+        n_hops, n_pcs = check_integer(n_hops, "n_hops", minimum=0), check_integer(n_pcs, "n_pcs", minimum=2)
+        n_factors = check_integer(n_factors, "n_factors", minimum=2)
         if features not in ("pearson", "lognorm"):
             raise ValueError(f"`features` must be 'pearson' or 'lognorm', got {features!r}.")
         if not values_are_counts(adata):
@@ -280,30 +284,21 @@ class InspireModel:
         show_progress_bar
             Show a progress bar with the loss terms.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
-        if checkpoint_dir is not None and (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, numbers.Integral)
-            or checkpoint_every < 1
-        ):
-            raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}.")
+        batch_size, lr = check_integer(batch_size, "batch_size", minimum=1), check_number(lr, "lr", positive=True)
+        if checkpoint_dir is not None:
+            checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
+        if max_steps is not None:
+            max_steps = check_integer(max_steps, "max_steps", minimum=1)
         n_slices = len(self.data.slice_names)
         per_slice = max(1, batch_size // n_slices)
         if max_steps is None:
             largest = int(np.bincount(self.data.slices).max())
             max_steps = int(np.clip(math.ceil(40 * largest / per_slice), 600, 3000))
-        if max_steps < 1:
-            raise ValueError(f"`max_steps` must be positive, got {max_steps}.")
         weights = LossWeights()
         for k, v in (loss_weights or {}).items():
             if k not in {f.name for f in fields(LossWeights)}:
                 raise KeyError(f"Unknown loss weight {k!r}; known: {[f.name for f in fields(LossWeights)]}.")
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"Loss weight {k!r} must be a finite number >= 0, got {v!r}.")
-            setattr(weights, k, float(v))
+            setattr(weights, k, check_number(v, f"loss_weights[{k!r}]", minimum=0.0))
         config = TrainConfig(
             n_steps=max_steps,
             per_slice=per_slice,
