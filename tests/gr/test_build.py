@@ -111,3 +111,27 @@ def test_tiny_slices():
     conn = adata.obsp["spatial_connectivities"].toarray()
     assert conn[0].sum() == 0
     assert conn[1, 2] == 1
+
+
+def _two_slices(second):
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(5)), -1).reshape(-1, 2) * 10.0
+    return AnnData(
+        np.ones((30 + len(second), 3), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"slice": pd.Categorical(["a"] * 30 + ["b"] * len(second))},
+            index=[f"s{i}" for i in range(30 + len(second))],
+        ),
+        obsm={"spatial": np.vstack([grid, second])},
+    )
+
+
+def test_a_slice_without_edges_is_reported():
+    adata = _two_slices(np.arange(20)[:, None] * np.array([[100.0, 100.0]]))  # 141 apart, radius 15
+    with pytest.warns(UserWarning, match=r"Slice 'b': the spatial graph has no edges \(20 spots"):
+        si.gr.spatial_neighbors(adata, method="radius", radius=15.0)
+
+
+def test_delaunay_on_one_point_names_the_slice():
+    adata = _two_slices(np.full((20, 2), 5.0))
+    with pytest.raises(ValueError, match=r"Slice 'b': A Delaunay graph needs spots that span an area"):
+        si.gr.spatial_neighbors(adata, method="delaunay")

@@ -118,9 +118,20 @@ def spatial_neighbors(
             tech = techs[str(name)]
             m, k = DEFAULT_GRAPH[tech] if method == "auto" else (method, DEFAULT_GRAPH[Technology.UNKNOWN][1])
             k = n_neighs if n_neighs is not None else k
-            c, dst, params = _slice_graph(coords[idx], m, k, radius)
+            try:
+                c, dst, params = _slice_graph(coords[idx], m, k, radius)
+            except ValueError as e:
+                raise ValueError(f"Slice {str(name)!r}: {e}") from None
             per_slice[str(name)] = {"technology": tech.value, **params}
             c, dst = c.tocoo(), dst.tocsr()
+            if idx.size > 1 and c.nnz == 0:
+                warnings.warn(
+                    f"Slice {str(name)!r}: the spatial graph has no edges ({idx.size} spots; all at one coordinate, "
+                    f"or a radius below the spot spacing?), so no spot has neighbours and smoothing does nothing "
+                    f"there. Check `obsm[{spatial_key!r}]` and the graph options.",
+                    UserWarning,
+                    stacklevel=3,
+                )
             rows.append(idx[c.row])
             cols.append(idx[c.col])
             conn.append(np.ones(c.nnz, dtype=np.float32))
@@ -191,7 +202,15 @@ def _slice_graph(
             res = sq.gr.spatial_neighbors_radius(sub, radius=float(radius), copy=True)
             params["radius"] = float(radius)
         else:
-            res = sq.gr.spatial_neighbors_delaunay(sub, radius=radius, copy=True)
+            from scipy.spatial import QhullError
+
+            try:
+                res = sq.gr.spatial_neighbors_delaunay(sub, radius=radius, copy=True)
+            except QhullError as e:  # all spots on one point or one line: no triangulation exists
+                raise ValueError(
+                    f"A Delaunay graph needs spots that span an area; these {n} spots lie on one point or line "
+                    f"({str(e).splitlines()[0][:60]}...). Use `method='knn'` or check the coordinates."
+                ) from None
             if radius is not None:
                 params["radius"] = float(radius)
     conn, dist = res.connectivities.tocsr(), res.distances.tocsr()
