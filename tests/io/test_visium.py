@@ -269,6 +269,15 @@ def test_bad_scalefactors(tmp_path):
     file.write_text('{"tissue_hires_scalef": 0.2}')
     with pytest.raises(ValueError, match="scalefactors_json.json: no valid spot_diameter_fullres"):
         si.io.visium(tmp_path, dataset_id="s")
+    # non-numeric image scale factors used to pass silently (and misplace the images)
+    for key, value in (
+        ("tissue_hires_scalef", '"abc"'),
+        ("tissue_lowres_scalef", "-1"),
+        ("tissue_hires_scalef", "null"),
+    ):
+        file.write_text(f'{{"spot_diameter_fullres": 90.0, "{key}": {value}}}')
+        with pytest.raises(ValueError, match=rf"scalefactors_json.json: {key} must be a positive number"):
+            si.io.visium(tmp_path, dataset_id="s")
 
 
 @pytest.mark.parametrize("layout", ["h5", "mtx"])

@@ -185,6 +185,13 @@ def _read_scalefactors(file: Path) -> dict[str, Any]:
     if not np.isfinite(diameter) or diameter <= 0:
         raise ValueError(f"{file}: no valid {VisiumFile.SPOT_DIAMETER_KEY!s} (got {diameter}).")
     scalefactors[VisiumFile.SPOT_DIAMETER_KEY] = diameter
+    for key in (VisiumFile.HIRES_SCALE_KEY, VisiumFile.LOWRES_SCALE_KEY, "fiducial_diameter_fullres"):
+        if key not in scalefactors:  # optional: the images they scale may be absent
+            continue
+        value = scalefactors[key]
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and np.isfinite(value) and value > 0
+        if not ok:
+            raise ValueError(f"{file}: {key!s} must be a positive number, got {value!r}.")
     return scalefactors
 
 
