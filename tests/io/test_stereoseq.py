@@ -333,6 +333,8 @@ GOOD = "geneID\tx\ty\tMIDCount\nG1\t1\t2\t3\nG2\t4\t5\t6\n"
         (GOOD + "G3\t7\t8\t1.5\n", r"line 10: MIDCount is not a non-negative integer"),
         (GOOD + "G3\t7\t8\t-2\n", r"line 10: MIDCount is not a non-negative integer"),
         (GOOD + "G3\tseven\t8\t1\n", r"line 10: x is not an integer"),
+        (GOOD + "\t7\t8\t1\n", "a line has an empty gene identifier"),  # used to create a gene named ''
+        (GOOD + " \t7\t8\t1\n", "a line has an empty gene identifier"),
         ("geneID\tx\ty\tMIDCount\n", "no data lines"),
         ("", "no data lines"),
     ],

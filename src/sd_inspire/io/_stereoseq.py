@@ -448,7 +448,13 @@ class _GeneCodes:
             if n_before + new.size > 1 << _GENE_BITS:
                 raise ValueError(f"{self.file}: more than {1 << _GENE_BITS} distinct genes.")
             lut[new] = np.arange(n_before, n_before + new.size)
-            self.known = pa.concat_arrays([self.known, dictionary.take(pa.array(new)).cast(pa.string())])
+            added = dictionary.take(pa.array(new)).cast(pa.string())
+            if any(name is None or not name.strip() for name in added.to_pylist()):
+                raise ValueError(
+                    f"{self.file}: a line has an empty gene identifier; fix or remove such lines (a gene named '' "
+                    "would be created)."
+                )
+            self.known = pa.concat_arrays([self.known, added])
             if other is not None:
                 first_row = np.full(len(dictionary), -1)
                 first_row[indices[::-1]] = np.arange(indices.size)[::-1]  # the last write wins: the first occurrence
