@@ -129,7 +129,9 @@ def test_no_shared_genes():
     sd = si.pp.concat({"a": part(["A", "B", "C"]), "b": part(["D", "E", "F"])})
     with pytest.raises(ValueError, match=r"No gene is measured in every slice.*'a': 3, 'b': 3"):
         si.pp.preprocess(sd)
-    si.pp.preprocess(sd, gene_space="union", n_top_genes=4, min_spots=1)
+    # allowed with the union, but not silently: the slices share no features to align on
+    with pytest.warns(UserWarning, match=r"0 gene\(s\) are measured in every slice.*'a': 3, 'b': 3"):
+        si.pp.preprocess(sd, gene_space="union", n_top_genes=4, min_spots=1)
     assert sd["table"].var["highly_variable"].sum() == 4
 
 

@@ -197,6 +197,17 @@ def preprocess(
             score = flagged.sum(axis=1).to_numpy(dtype=float)
         else:
             pool = measured.any(axis=1).to_numpy()
+            n_shared = int(measured.all(axis=1).sum())
+            if measured.shape[1] > 1 and n_shared < 2:
+                sizes = {s: int(measured[s].sum()) for s in measured.columns}
+                warnings.warn(
+                    f"{n_shared} gene(s) are measured in every slice (genes per slice: {sizes}): the slices share "
+                    "no expression features, so the integration has nothing to align them on and their latent "
+                    "codes will not be comparable. Check that the slices use the same gene identifiers "
+                    "(`pp.concat(..., gene_key=...)`).",
+                    UserWarning,
+                    stacklevel=2,
+                )
             score = flagged.sum(axis=1).to_numpy(dtype=float) / np.maximum(measured.sum(axis=1).to_numpy(), 1)
         pool &= ranks.notna().any(axis=1).to_numpy()
         median_rank = ranks.median(axis=1, skipna=True).to_numpy()
