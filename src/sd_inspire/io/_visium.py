@@ -308,11 +308,11 @@ def _check_h5_structure(group: Any, n_barcodes: int, file: Path) -> None:
     n_values, n_indices = group["data"].shape[0], group["indices"].shape[0]
     if indptr.shape != (n_columns + 1,) or not np.issubdtype(indptr.dtype, np.integer):
         raise ValueError(f"{where}/indptr must hold {n_columns + 1} integers (barcodes + 1), got {indptr.shape[0]}.")
-    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != n_values or n_indices != n_values:
+    falls = bool((np.diff(indptr) < 0).any())
+    if indptr[0] != 0 or falls or indptr[-1] != n_values or n_indices != n_values:
         raise ValueError(
             f"{where}/indptr must rise from 0 to the number of stored values ({n_values} in data, {n_indices} in "
-            f"indices), got {int(indptr[0])} to {int(indptr[-1])}"
-            + (", falling in places." if (np.diff(indptr) < 0).any() else ".")
+            f"indices), got {int(indptr[0])} to {int(indptr[-1])}" + (", falling in places." if falls else ".")
         )
     indices = group["indices"]
     for start in range(0, n_indices, _H5_CHUNK):

@@ -342,14 +342,8 @@ class InspireModel:
                     saved = _read_metadata(meta)
                     self._check_metadata(saved, str(folder))
                     _check_same_run(saved.get("train"), settings, folder)
-                    try:
-                        state = torch.load(checkpoint, weights_only=True, map_location=self.device)
-                    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-                        raise ValueError(
-                            f"{checkpoint}: not a readable checkpoint (truncated or damaged: {type(e).__name__}); "
-                            "delete it to train from the start, or pass another `checkpoint_dir`."
-                        ) from None
-                    trainer.load_state(state)
+                    hint = "delete it to train from the start, or pass another `checkpoint_dir`"
+                    trainer.load_state(_torch_load(checkpoint, self.device, "checkpoint", hint))
                     logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
                 if self.world.is_main:
                     meta.write_text(json.dumps({**self._metadata(), "train": settings}, indent=1))
@@ -502,20 +496,22 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: not the metadata of a saved model (truncated or edited? {type(e).__name__}: {e})."
         ) from None
-    if not isinstance(meta["params"], dict):
-        raise ValueError(f"{path}: not the metadata of a saved model ('params' is not a mapping).")
     return meta
+
+
+def _torch_load(path: Path, device: torch.device, what: str, hint: str) -> Any:
+    """Tensors only (``weights_only``: no code runs); a file torch cannot read gives a message naming it."""
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; its text may advise unsafe loading
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}); {hint}.") from None
 
 
 def _load_weights(path: Path, module: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
     """The weights in ``path``, checked against ``module`` (names, shapes) and for non-finite values."""
-    try:
-        state = torch.load(path, weights_only=True, map_location=device)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; the message names the file
-        raise ValueError(
-            f"{path}: not a readable model weights file (truncated, or not written by `InspireModel.save`: "
-            f"{type(e).__name__})."
-        ) from None
+    state = _torch_load(
+        path, device, "model weights file", "it was not written by `InspireModel.save`, or is truncated"
+    )
     expected = module.state_dict()
     if not isinstance(state, dict) or set(state) != set(expected):
         names = sorted(set(state) ^ set(expected)) if isinstance(state, dict) else []
