@@ -606,29 +606,52 @@ def _check_output(path: Path, *, overwrite: bool) -> None:
 
 
 def _write_store(sdata: SpatialData, path: Path) -> None:
-    """Write a new store next to ``path``, then swap it in: an interrupted write never leaves a half-written store."""
+    """Write a new store next to ``path``, then swap it in atomically.
+
+    An interrupted write never leaves a half-written store at ``path``; what a killed run left next to it
+    (``.NAME.partial-PID``, ``.NAME.old-PID``) is removed, or restored where ``path`` itself went missing, first.
+    """
+    from sd_inspire.io._store import exchange_paths
+
     path = _absolute(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(path)
     staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-    backup = path.parent / f".{path.name}.old-{os.getpid()}"
     _remove(staging)
     try:
         sdata.write(staging)
-    except BaseException:
-        _remove(staging)
-        raise
-    replaced = path.exists() or path.is_symlink()
-    if replaced:
-        path.rename(backup)
-    try:
-        staging.rename(path)
-    except BaseException:
-        if replaced:
-            backup.rename(path)
-        _remove(staging)
-        raise
-    if replaced:
-        _remove(backup)
+        if not (path.exists() or path.is_symlink()):
+            staging.rename(path)
+        elif not exchange_paths(staging, path):  # no atomic exchange here: two renames, undone on failure
+            backup = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(backup)
+            try:
+                staging.rename(path)
+            except BaseException:
+                backup.rename(path)
+                raise
+            _remove(backup)
+    finally:
+        _remove(staging)  # after an exchange, the old store
+    sdata.path = path
+
+
+def _clean_leftovers(path: Path) -> None:
+    """Remove what a killed ``_write_store`` of ``path`` left; put a moved-out store back if ``path`` is gone."""
+    from sd_inspire.io._store import is_running
+
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(partial|old)-(\d+)")
+    for leftover in sorted(path.parent.iterdir()):
+        match = pattern.fullmatch(leftover.name)
+        if match is None or (int(match[2]) != os.getpid() and is_running(int(match[2]))):
+            continue
+        if match[1] == "old" and not (path.exists() or path.is_symlink()):
+            leftover.rename(path)
+            what = f"restored {path} from {leftover.name}"
+        else:
+            _remove(leftover)
+            what = f"removed {leftover}"
+        warnings.warn(f"{what}, left by an interrupted run (process {match[2]})", UserWarning, stacklevel=2)
 
 
 def _remove(path: Path) -> None:

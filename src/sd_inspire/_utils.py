@@ -20,6 +20,11 @@ def is_spatialdata(obj: Any) -> bool:
     return type(obj).__name__ == "SpatialData" and type(obj).__module__.startswith("spatialdata")
 
 
+def table_name(sdata: SpatialData, table: AnnData, table_key: str | None = None) -> str:
+    """The name of ``table`` in ``sdata``: ``table_key``, or the key under which ``sdata`` holds this very object."""
+    return table_key or next(k for k, v in sdata.tables.items() if v is table)
+
+
 def get_table(data: AnnData | SpatialData, table_key: str | None = None) -> AnnData:
     """Return the table to work on: ``data`` itself, or one table of a SpatialData.
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from sd_inspire._chunks import CHUNK_ROWS, is_lazy
 from sd_inspire._logging import logger
+from sd_inspire.io._store import SMALL_KEYS, recover_store
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 OUT_OF_CORE_BYTES = 2_000_000_000
 
 _SPATIAL_KINDS = ("images", "labels", "points", "shapes")
-_SMALL_KEYS = ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
 
 
 def read_zarr(
@@ -73,6 +73,7 @@ def read_zarr(
     path = Path(path)
     if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
         raise FileNotFoundError(f"{str(path)!r} is not a zarr store (no zarr.json or .zgroup).")
+    recover_store(path)  # what a killed write left, before anything is read
     root = zarr.open_group(path, mode="r")
     tables = sorted(root["tables"].group_keys()) if "tables" in root else []
     big = {name: _matrix_bytes(root["tables"][name]) > OUT_OF_CORE_BYTES for name in tables}
@@ -101,7 +102,7 @@ def _read_table_lazily(group: Any, chunk_size: int) -> AnnData:
     from anndata.experimental import read_elem_lazy
     from anndata.io import read_elem
 
-    small = {key: read_elem(group[key]) for key in _SMALL_KEYS if key in group}
+    small = {key: read_elem(group[key]) for key in SMALL_KEYS if key in group}
     n_vars = len(small["var"]) if "var" in small else None
 
     def lazy(elem: Any) -> Any:
@@ -138,48 +139,3 @@ def _matrix_bytes(group: Any) -> int:
         elems += [group["layers"][k] for k in group["layers"]]
     # a sparse matrix is a group (data + indices: 8 bytes per stored value), a dense one an array
     return sum(8 * int(e["data"].shape[0]) if isinstance(e, zarr.Group) else int(e.nbytes) for e in elems)
-
-
-def has_lazy_matrices(table: AnnData) -> bool:
-    """Whether a table's X or a layer is kept on disk (a dask array)."""
-    return is_lazy(table.X) or any(is_lazy(v) for v in table.layers.values())
-
-
-def _table_group(sdata: SpatialData, name: str, mode: str = "r") -> Any:
-    import zarr
-
-    return zarr.open_group(Path(sdata.path) / "tables" / name, mode=mode)
-
-
-def check_rows_on_disk(sdata: SpatialData, name: str) -> None:
-    """Raise if table ``name`` no longer has the rows of its group in the store (spots removed after opening).
-
-    Raises
-    ------
-    ValueError
-        If the numbers of rows differ.
-    """
-    obs = _table_group(sdata, name)["obs"]
-    n_on_disk = int(obs[obs.attrs["_index"]].shape[0])
-    n_obs = sdata.tables[name].n_obs
-    if n_on_disk != n_obs:
-        raise ValueError(
-            f"Table {name!r} has {n_obs} rows in memory but {n_on_disk} in {str(sdata.path)!r} (spots removed "
-            "after it was opened out of core): write the SpatialData to a new store with `sdata.write(path)` instead."
-        )
-
-
-def write_table_parts(sdata: SpatialData, name: str) -> None:
-    """Replace the in-memory parts (obs, var, obsm, varm, obsp, varp, uns) of an out-of-core table in its store.
-
-    The matrices on disk (X and layers, which the table reads from there) are left as they are.
-    """
-    from anndata.io import write_elem
-
-    check_rows_on_disk(sdata, name)
-    table, group = sdata.tables[name], _table_group(sdata, name, mode="r+")
-    for key in _SMALL_KEYS:  # the parts that _read_table_lazily reads into memory
-        value = getattr(table, key)
-        write_elem(group, key, value if key in ("obs", "var", "uns") else dict(value))
-    sdata.write_consolidated_metadata()
-    logger.info("Updated table %r in %s (its matrices on disk are left as they are)", name, sdata.path)

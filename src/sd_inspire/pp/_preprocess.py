@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -255,6 +257,22 @@ def preprocess(
         log_added("var", Key.HIGHLY_VARIABLE)
         log_added("uns", Key.PREPROCESS)
     return adata if copy else None
+
+
+def spots_failing_qc(adata: AnnData, slice_key: str | None = Key.SLICE) -> int:
+    """How many spots :func:`preprocess` with its default thresholds would remove (one pass over the counts)."""
+    defaults = inspect.signature(preprocess).parameters
+    has_layer = Key.COUNTS in adata.layers
+    slices = get_slices(adata, slice_key)
+    scan = _scan(
+        _counts(adata, has_layer),
+        slices.cat.codes.to_numpy(),
+        len(slices.cat.categories),
+        adata.var_names.str.startswith(defaults["mito_prefix"].default),
+        f"`adata.layers[{Key.COUNTS!r}]`" if has_layer else "`adata.X`",
+        thresholds=tuple(defaults[k].default for k in ("min_counts", "min_genes", "max_pct_mito")),
+    )
+    return int((~scan.keep).sum())
 
 
 def _counts(adata: AnnData, has_layer: bool) -> Any:

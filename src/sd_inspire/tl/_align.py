@@ -712,11 +712,9 @@ def _compose(first: Any, then: Any) -> Any:
 
 def _write_into_store(sdata: SpatialData, adata: AnnData, table_key: str | None, elements: list[str]) -> None:
     """Write the new transformations and the updated table into the SpatialData's zarr store."""
-    from sd_inspire.tl._integrate import _table_name
-    from sd_inspire.tl._integrate import _write_into_store as write_elements
+    from sd_inspire.io._store import write_elements
+    from sd_inspire._utils import table_name
 
     on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
-    for name in elements:
-        if name in on_disk:
-            sdata.write_transformations(name)
-    write_elements(sdata, [_table_name(sdata, adata, table_key)])
+    moved = [name for name in elements if name in on_disk]
+    write_elements(sdata, [table_name(sdata, adata, table_key)], transformations=moved)

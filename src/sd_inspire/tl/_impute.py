@@ -13,8 +13,17 @@ from sd_inspire._chunks import is_lazy, read_rows
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_representation, get_slices, get_table, maybe_copy, measured_mask
+from sd_inspire._utils import (
+    get_representation,
+    get_slices,
+    get_table,
+    is_spatialdata,
+    maybe_copy,
+    measured_mask,
+    table_name,
+)
 from sd_inspire.gr._propagate import normalized_adjacency
+from sd_inspire.io._store import check_rows_on_disk, write_elements
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,6 +110,9 @@ def impute(
     - ``var[key_added]``: whether a gene was imputed;
     - ``uns[key_added]``: ``genes``, ``method``, the parameters and, per slice, the number of genes predicted.
 
+    If the SpatialData is backed by a zarr store, the updated table is written into it (atomically, see
+    :func:`sd_inspire.tl.integrate`).
+
     Raises
     ------
     KeyError
@@ -130,6 +142,8 @@ def impute(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
     adata = maybe_copy(get_table(data, table_key), copy)
+    if not copy and is_spatialdata(data) and data.path is not None:
+        check_rows_on_disk(data, table_name(data, adata, table_key))  # before the work, not after it
     slices = get_slices(adata, slice_key)
     codes = slices.cat.codes.to_numpy()
     names = [str(c) for c in slices.cat.categories]
@@ -181,6 +195,8 @@ def impute(
         log_added("layers", key_added)
         log_added("var", key_added)
         log_added("uns", key_added)
+    if not copy and is_spatialdata(data) and data.path is not None:
+        write_elements(data, [table_name(data, adata, table_key)])
     return adata if copy else None
 
 

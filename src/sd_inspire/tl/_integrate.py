@@ -12,8 +12,8 @@ import pandas as pd
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_slices, get_table, is_spatialdata, values_are_counts
-from sd_inspire.io._zarr import check_rows_on_disk, has_lazy_matrices, write_table_parts
+from sd_inspire._utils import get_slices, get_table, is_spatialdata, table_name, values_are_counts
+from sd_inspire.io._store import check_rows_on_disk, write_elements
 from sd_inspire.tl._ensemble import Member, combine
 
 if TYPE_CHECKING:
@@ -149,7 +149,12 @@ def integrate(
     For a SpatialData, also a new table ``"{key_added}_factors"`` (X = factor proportions, variables
     ``"factor_0"``, ...) annotating the same shapes, for spatialdata-plot's ``render_shapes`` with
     ``table_name="inspire_factors"``. If the SpatialData is backed by a zarr store, the updated table and the factor
-    table are written into it element by element; the other elements are not touched.
+    table are written into it element by element; the other elements are not touched. Each element is written in
+    full beside the store and then swapped in by one atomic rename, so a run killed at any point leaves the store
+    readable with every element as it was before or after; the next run (or :func:`sd_inspire.io.read_zarr`) removes
+    what it left. A table opened out of core keeps its matrices on disk (never rewritten). Rows are never removed
+    from a store: if the default QC of :func:`sd_inspire.pp.preprocess` would drop spots, or the table lost rows
+    after it was read, the function refuses before training and says what to do.
 
     Raises
     ------
@@ -182,15 +187,18 @@ def integrate(
             UserWarning,
             stacklevel=2,
         )
+    into_store = not copy and is_spatialdata(data) and data.path is not None
     if (values_are_counts(adata) and Key.COUNTS not in adata.layers) or Key.HIGHLY_VARIABLE not in adata.var:
+        if into_store:
+            _check_qc_keeps_rows(data, adata, slice_key)
         logger.info("No preprocessing found: running `sd_inspire.pp.preprocess` with its defaults")
         preprocess(adata, slice_key=slice_key)
     if "spatial_connectivities" not in adata.obsp:
         logger.info("No spatial graph found: running `sd_inspire.gr.spatial_neighbors` with its defaults")
         spatial_neighbors(adata, slice_key=slice_key)
 
-    if not copy and is_spatialdata(data) and data.path is not None and has_lazy_matrices(adata):
-        check_rows_on_disk(data, _table_name(data, adata, table_key))  # before training, not after it
+    if into_store:
+        check_rows_on_disk(data, table_name(data, adata, table_key))  # before training, not after it
     with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
         members, first = [], None
         for seed in _member_seeds(random_state, n_models):
@@ -339,15 +347,24 @@ def _check_writable(data: AnnData | SpatialData, table: AnnData, key_added: Any,
             raise ValueError(
                 f"`key_added={key_added!r}` gives the table name {name!r}, which spatialdata refuses: {e}"
             ) from None
-        if name == _table_name(data, table, table_key):
+        if name == table_name(data, table, table_key):
             raise ValueError(
                 f"`key_added={key_added!r}` would write the factor table {name!r} over the table being integrated; "
                 "choose another `key_added`."
             )
 
 
-def _table_name(sdata: SpatialData, table: AnnData, table_key: str | None) -> str:
-    return table_key or next(k for k, v in sdata.tables.items() if v is table)
+def _check_qc_keeps_rows(sdata: SpatialData, adata: AnnData, slice_key: str | None) -> None:
+    """Refuse to preprocess a table of a zarr store when QC would remove spots: writing it back would delete them."""
+    from sd_inspire.pp._preprocess import spots_failing_qc
+
+    if n := spots_failing_qc(adata, slice_key):
+        raise ValueError(
+            f"Preprocessing with the default QC would remove {n} of {adata.n_obs} spots, and writing the results "
+            f"into the store {str(sdata.path)!r} would delete their rows (raw counts included). Keep the store "
+            "whole: preprocess first and write to a new store (`sd_inspire.pp.preprocess(sdata)`, then "
+            "`sdata.write(new_path)`), or pass `copy=True` to get the integrated table without writing."
+        )
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
@@ -379,29 +396,5 @@ def _add_factor_table(
     sdata.tables[name] = table
     log_added("tables", name)
     if sdata.path is not None and write:
-        main = _table_name(sdata, adata, table_key)
-        _write_into_store(sdata, [name, main])
-
-
-def _write_into_store(sdata: SpatialData, names: list[str]) -> None:
-    """Write elements into the backing zarr store; an element already on disk is replaced via a backup copy.
-
-    A table opened out of core (:func:`sd_inspire.io.read_zarr`) reads its matrices from the store: only its
-    in-memory parts are replaced there, and the matrices on disk are left as they are.
-    """
-    on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
-    for name in names:
-        if name not in on_disk:
-            sdata.write_element(name)
-            continue
-        if has_lazy_matrices(sdata.tables[name]):
-            write_table_parts(sdata, name)
-            continue
-        backup = f"{name}_sd_inspire_backup"
-        sdata.tables[backup] = sdata.tables[name]
-        sdata.write_element(backup)  # a complete copy exists before the old element is removed
-        sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
-        sdata.delete_element_from_disk(backup)
-        del sdata.tables[backup]
-    logger.info("Wrote %s into %s", names, sdata.path)
+        main = table_name(sdata, adata, table_key)
+        write_elements(sdata, [name, main])
