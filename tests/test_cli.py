@@ -8,6 +8,7 @@ import io
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,30 @@ def test_read_refuses_to_overwrite(tmp_path):
     code, stdout, _ = run("read", tmp_path / "s2", "-o", out, "--overwrite")
     assert code == 0
     assert spatialdata.read_zarr(out)["table"].n_obs == 16
+    assert no_leftovers(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return probe.pid
+
+
+def test_leftovers_of_a_killed_run_are_removed_or_restored(tmp_path):
+    write_visium(tmp_path / "s1", n_spots=12, n_genes=8)
+    out = tmp_path / "out.zarr"
+    assert run("read", tmp_path / "s1", "-o", out)[0] == 0
+    pid = _dead_pid()
+    partial, old = tmp_path / f".out.zarr.partial-{pid}", tmp_path / f".out.zarr.old-{pid}"
+    (partial / "tables").mkdir(parents=True)  # a half-written store
+    out.rename(old)  # killed between moving the old store aside and moving the new one in
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as a shell shows them
+        code, _, stderr = run("read", tmp_path / "s1", "-o", out)
+    assert f"restored {out} from {old.name}, left by an interrupted run (process {pid})" in stderr
+    assert f"removed {partial}" in stderr
+    assert_clean_error(code, stderr.splitlines()[-1], "--overwrite")  # the restored store is not replaced unasked
+    assert spatialdata.read_zarr(out)["table"].n_obs == 12
     assert no_leftovers(tmp_path) == []
 
 

@@ -595,6 +595,8 @@ def _is_zarr_store(path: Path) -> bool:
 
 def _check_output(path: Path, *, overwrite: bool) -> None:
     """Refuse an existing output without ``overwrite``, and never replace a folder that is not a zarr store."""
+    if path.parent.is_dir():
+        _clean_leftovers(_absolute(path))  # first: a store a killed run moved aside is put back
     if not (path.exists() or path.is_symlink()):
         return
     if not overwrite:

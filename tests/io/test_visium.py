@@ -361,6 +361,25 @@ def test_read_tiny_spaceranger_1(visium_dir, tmp_path):
     assert set(with_images.images) == {"tiny_hires_image", "tiny_lowres_image"}
 
 
+@pytest.mark.parametrize(
+    ("sample", "image"),
+    [
+        ("spaceranger_1.0.0_tiny", "tissue_hires_image.png"),  # 10x HDF5, read through spatialdata-io
+        ("mouse_brain_raw_mtx_tiny/section1", "tissue_lowres_image.png"),  # MatrixMarket
+    ],
+)
+def test_damaged_image(visium_dir, tmp_path, sample, image):
+    copy = tmp_path / "sample"
+    shutil.copytree(visium_dir / sample, copy)
+    png = next(copy.rglob(image))
+    png.write_bytes(png.read_bytes()[:200])  # truncated
+    sdata = si.io.visium(copy, dataset_id="s", images=False)  # the images are not needed: read without them
+    assert not sdata.images
+    assert sdata["table"].n_obs > 0
+    with pytest.raises(ValueError, match=rf"{image}: not a readable image .*images=False"):
+        si.io.visium(copy, dataset_id="s")
+
+
 def test_read_mouse_brain_raw_mtx(visium_dir, tmp_path):
     section1 = si.io.visium(visium_dir / "mouse_brain_raw_mtx_tiny" / "section1")
     check_table(section1, "visium", 22, 50)  # 50 raw barcodes, 22 under tissue

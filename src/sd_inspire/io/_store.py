@@ -30,7 +30,6 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,8 @@ from sd_inspire._chunks import is_lazy
 from sd_inspire._logging import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
     from spatialdata import SpatialData
 
 #: Hidden folder in the store root that holds the elements being written.

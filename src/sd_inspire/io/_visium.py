@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from sd_inspire._logging import logger
 from sd_inspire.io._utils import examples, listing, match_ids, read_mtx
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from spatialdata import SpatialData
 
@@ -112,10 +114,12 @@ def visium(
     )
     positions = _read_positions(positions_file)
     logger.info("Reading Visium sample %r from %s (%s)", dataset_id, root, counts.name)
+    if images:
+        _check_images(spatial)
     if counts.is_dir():
         sdata = _read_mtx_sample(root, counts, dataset_id, positions, positions_file, scalefactors, images)
     else:
-        sdata = _read_h5_sample(root, counts, dataset_id, positions, positions_file, dict(reader_kwargs))
+        sdata = _read_h5_sample(root, counts, dataset_id, positions, positions_file, dict(reader_kwargs), images)
     table = sdata.tables[Key.TABLE]
     keep = table.obs[VisiumFile.IN_TISSUE].notna().to_numpy()
     if in_tissue_only:
@@ -252,22 +256,63 @@ def _read_h5_sample(
     positions: pd.DataFrame,
     positions_file: Path,
     reader_kwargs: dict[str, Any],
+    images: bool,
 ) -> SpatialData:
     import spatialdata_io
 
     _check_barcodes(_h5_barcodes(counts), counts, positions, positions_file)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _without_images(root, skip=not images) as folder:
             warnings.filterwarnings("ignore", message=".*to categorical dtype", category=UserWarning)
             warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
             sdata = spatialdata_io.visium(
-                root, dataset_id=dataset_id, counts_file=str(counts.relative_to(root)), **reader_kwargs
+                folder, dataset_id=dataset_id, counts_file=str(counts.relative_to(root)), **reader_kwargs
             )
     except (OSError, KeyError) as e:
         raise ValueError(f"{counts}: not a readable 10x HDF5 count matrix ({e}).") from e
     if sdata.tables[Key.TABLE].n_vars == 0:
         raise ValueError(f"{counts}: the count matrix holds no genes.")
     return sdata
+
+
+@contextmanager
+def _without_images(root: Path, *, skip: bool) -> Iterator[Path]:
+    """``root``, or with ``skip`` a temporary mirror of it (symbolic links) without the tissue images.
+
+    spatialdata-io reads every image it finds; the mirror keeps a damaged image from failing ``images=False``.
+    """
+    if not skip:
+        yield root
+        return
+    with tempfile.TemporaryDirectory(prefix="sd-inspire-visium-") as tmp:
+        mirror = Path(tmp) / root.name
+        mirror.mkdir()
+        for entry in root.iterdir():
+            if entry.name != VisiumFile.SPATIAL_DIR:
+                (mirror / entry.name).symlink_to(entry.resolve())
+        spatial = mirror / VisiumFile.SPATIAL_DIR
+        spatial.mkdir()
+        for entry in (root / VisiumFile.SPATIAL_DIR).iterdir():
+            if entry.name not in _IMAGES:
+                (spatial / entry.name).symlink_to(entry.resolve())
+        yield mirror
+
+
+def _check_images(spatial: Path) -> None:
+    """Refuse a tissue image that cannot be decoded, naming it (spatialdata-io's error names no file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for name in _IMAGES:
+        file = spatial / name
+        if not file.is_file():
+            continue
+        try:
+            with Image.open(file) as image:
+                image.load()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise ValueError(
+                f"{file}: not a readable image ({e}); pass `images=False` to read the sample without its images."
+            ) from e
 
 
 def _h5_barcodes(file: Path) -> pd.Index:
@@ -288,6 +333,7 @@ def _h5_barcodes(file: Path) -> pd.Index:
         raise ValueError(f"{file}: not a readable 10x HDF5 count matrix ({e}).") from e
 
 
+_IMAGES = (VisiumFile.HIRES_IMAGE, VisiumFile.LOWRES_IMAGE)
 #: Values of ``indices`` checked at a time (a few tens of MB).
 _H5_CHUNK = 1 << 22
 

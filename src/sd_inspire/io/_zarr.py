@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sd_inspire._chunks import CHUNK_ROWS, is_lazy
+from sd_inspire._chunks import CHUNK_ROWS
 from sd_inspire._logging import logger
 from sd_inspire.io._store import SMALL_KEYS, recover_store
 

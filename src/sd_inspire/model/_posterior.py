@@ -80,8 +80,11 @@ def factor_sd(
         for s in np.unique(codes):
             rows = np.flatnonzero(codes == s)
             b = weights[s]
-            r = np.maximum(beta[start + rows] @ b, 1e-300)  # spots x G
-            total = r.sum(axis=1)
+            r = beta[start + rows] @ b  # spots x G
+            total = np.maximum(r.sum(axis=1), 1e-300)
+            # a gene whose programs are all absent from the spot (proportions that underflowed to 0) would give an
+            # infinite information: floor its expected share at 1e-10 of the spot's total
+            r = np.maximum(r, 1e-10 * total[:, None])
             library = x[rows].sum(axis=1)
             c = b.sum(axis=1)
             info = np.einsum("kg,ng,lg->nkl", b, 1.0 / r, b, optimize=True)

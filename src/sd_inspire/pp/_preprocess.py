@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 

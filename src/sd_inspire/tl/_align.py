@@ -712,8 +712,8 @@ def _compose(first: Any, then: Any) -> Any:
 
 def _write_into_store(sdata: SpatialData, adata: AnnData, table_key: str | None, elements: list[str]) -> None:
     """Write the new transformations and the updated table into the SpatialData's zarr store."""
-    from sd_inspire.io._store import write_elements
     from sd_inspire._utils import table_name
+    from sd_inspire.io._store import write_elements
 
     on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
     moved = [name for name in elements if name in on_disk]

@@ -164,12 +164,13 @@ def neighbour_correlation(
 
     Returns
     -------
-    The mean best correlation, between -1 and 1; ``NaN`` if no spot has a defined correlation.
+    The mean best correlation, between -1 and 1.
 
     Raises
     ------
     ValueError
-        If the shapes do not match, values are not finite, or ``n_neighbors`` is not a positive integer.
+        If the shapes do not match, values are not finite, ``n_neighbors`` is not a positive integer, or no spot
+        has a defined correlation (constant features everywhere).
 
     Examples
     --------
@@ -209,7 +210,12 @@ def neighbour_correlation(
             corr = np.where(np.isfinite(corr), corr, -np.inf).max(axis=1)
         best[start:stop] = np.where(np.isfinite(corr), corr, np.nan)
     valid = np.isfinite(best)
-    return float(np.clip(best[valid], -1.0, 1.0).mean()) if valid.any() else float("nan")
+    if not valid.any():
+        raise ValueError(
+            "No spot has a defined correlation: the features of every spot of the first slice, or of all its "
+            f"{k} nearest spots of the other slice, are constant."
+        )
+    return float(np.clip(best[valid], -1.0, 1.0).mean())
 
 
 def neighbour_agreement(
