@@ -26,7 +26,9 @@ def _nonfinite(obj, path: str = "") -> list[str]:
     if sparse.issparse(obj):
         return [] if np.isfinite(obj.data).all() else [path]
     if isinstance(obj, pd.DataFrame):
-        return [p for c in obj.columns if str(c) not in _SCANPY_NAN for p in _nonfinite(obj[c].to_numpy(), f"{path}/{c}")]
+        return [
+            p for c in obj.columns if str(c) not in _SCANPY_NAN for p in _nonfinite(obj[c].to_numpy(), f"{path}/{c}")
+        ]
     if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
         return [] if np.isfinite(obj).all() else [path]
     if isinstance(obj, float):

@@ -99,3 +99,9 @@ def test_scales_linearly_200k_spots():
     # quadratic would be 200k^2 floats (160 GB); a couple of feature matrices is ~100 MB
     assert peak < 1e9
     assert elapsed < 60
+
+
+@pytest.mark.parametrize("n_hops", [2.5, True, float("nan"), "2", 0])
+def test_n_hops_must_be_a_positive_integer(graph_adata, n_hops):
+    with pytest.raises(ValueError, match="`n_hops` must be"):
+        si.gr.propagate(graph_adata, n_hops=n_hops)

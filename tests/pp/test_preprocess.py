@@ -146,3 +146,25 @@ def test_subset(sim_adata):
     si.pp.preprocess(sim_adata, n_top_genes=25, subset=True)
     assert sim_adata.n_vars == 25
     assert sim_adata.layers["counts"].shape[1] == 25
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_top_genes": 2.5}, "`n_top_genes` must be an integer, got 2.5"),
+        ({"n_top_genes": True}, "`n_top_genes` must be an integer, got True"),
+        ({"n_top_genes": 0}, "`n_top_genes` must be at least 1"),
+        ({"min_counts": -1}, "`min_counts` must be at least 0"),
+        ({"min_counts": "x"}, "`min_counts` must be a finite number"),
+        ({"min_genes": 2.5}, "`min_genes` must be an integer"),
+        ({"min_spots": float("nan")}, "`min_spots` must be an integer"),
+        ({"max_pct_mito": float("inf")}, "`max_pct_mito` must be a finite number"),
+        ({"target_sum": 0}, "`target_sum` must be positive"),
+        ({"target_sum": float("nan")}, "`target_sum` must be a finite number"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(sim_adata, kwargs, match):
+    # each was accepted (NaN target_sum gave NaN expression) or failed deep inside numpy naming nothing
+    with pytest.raises(ValueError, match=match):
+        si.pp.preprocess(sim_adata, **kwargs)
+    assert "counts" not in sim_adata.layers  # refused before any work

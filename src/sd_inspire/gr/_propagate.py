@@ -12,6 +12,7 @@ from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, timed
 from sd_inspire._utils import get_table, maybe_copy
+from sd_inspire._validate import check_integer
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -91,8 +92,7 @@ def propagate(
     >>> adata.obsm["X_propagated"].shape
     (600, 100)
     """
-    if n_hops < 1:
-        raise ValueError(f"`n_hops` must be at least 1, got {n_hops}.")
+    n_hops = check_integer(n_hops, "n_hops", minimum=1)
     if normalization not in ("symmetric", "mean"):
         raise ValueError(f"`normalization` must be 'symmetric' or 'mean', got {normalization!r}.")
     if chunk_size < 1:

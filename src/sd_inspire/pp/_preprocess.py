@@ -23,6 +23,7 @@ from sd_inspire._utils import (
     maybe_copy,
     measured_mask,
 )
+from sd_inspire._validate import check_integer, check_number
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -121,8 +122,14 @@ def preprocess(
     """
     if gene_space not in ("shared", "union"):
         raise ValueError(f"`gene_space` must be 'shared' or 'union', got {gene_space!r}.")
-    if n_top_genes < 1:
-        raise ValueError(f"`n_top_genes` must be positive, got {n_top_genes}.")
+    n_top_genes = check_integer(n_top_genes, "n_top_genes", minimum=1)
+    min_counts = check_number(min_counts, "min_counts", minimum=0)
+    min_genes = check_integer(min_genes, "min_genes", minimum=0)
+    min_spots = check_integer(min_spots, "min_spots", minimum=0)
+    if max_pct_mito is not None:
+        max_pct_mito = check_number(max_pct_mito, "max_pct_mito", minimum=0)
+    if target_sum is not None:
+        target_sum = check_number(target_sum, "target_sum", positive=True)
     adata = maybe_copy(get_table(data, table_key), copy)
     check_unique_obs_names(adata, slice_key)
     slices = get_slices(adata, slice_key)
