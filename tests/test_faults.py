@@ -107,5 +107,6 @@ def test_cli_sigint_exits_130_and_leaves_no_partial_output(tmp_path):
         code = child.wait(timeout=60)
     assert code == 130, rest
     assert "sd-inspire: interrupted" in rest
+    assert "Traceback" not in rest
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
+        if argv is None:  # the process ends next: run from the shell, not called from Python
+            # zarr's writer tasks cut short are reported at exit ("Task was destroyed but it is pending!", "Exception
+            # ignored in: <coroutine ...>" with a traceback from inside zarr): noise after the user's own Ctrl-C
+            logging.getLogger("asyncio").disabled = True
+            sys.unraisablehook = _ignore_unraisable
         _stderr(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     except (CLIError, ValueError, KeyError, FileNotFoundError, OSError) as err:
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     finally:
         logger.setLevel(previous)
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    del unraisable
 
 
 def build_parser() -> argparse.ArgumentParser:
