@@ -76,7 +76,8 @@ def integrated(sim_store, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("integrated")
     out, figures = folder / "out.zarr", folder / "figures"
     argv = [sim_store, "-o", out, "--n-factors", "4", "--max-steps", "10", "--batch-size", "128"]
-    code, stdout, stderr = run("integrate", *argv, "--n-domains", "3", "--n-components", "4", "--figures", figures)
+    extra = ["--n-domains", "3", "--n-components", "4", "--figures", figures, "--model-dir", folder / "model"]
+    code, stdout, stderr = run("integrate", *argv, *extra)
     return {"code": code, "stdout": stdout, "stderr": stderr, "out": out, "figures": figures, "argv": argv}
 
 
@@ -415,6 +416,18 @@ def test_integrate_figures(integrated):
         path = integrated["figures"] / f"{name}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC
         assert f"figure: {path}" in integrated["stdout"]
+
+
+def test_integrate_keeps_the_model(integrated):
+    from sd_inspire.model import InspireModel
+
+    folder = integrated["out"].parent / "model"
+    model = InspireModel.load(folder)  # without the data
+    table = spatialdata.read_zarr(integrated["out"])["table"]
+    assert model.reference_id == table.uns["inspire"]["reference_id"]
+    assert table.uns["inspire"]["model_dir"] == str(folder.resolve())
+    code, _, stderr = run("integrate", integrated["argv"][0], "-o", folder.parent / "x.zarr", "--model-dir", folder)
+    assert_clean_error(code, stderr, str(folder), "already holds a model")
 
 
 def test_integrate_refuses_to_overwrite(integrated):

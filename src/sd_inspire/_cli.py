@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument(
         "--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N or mps (default: auto)"
     )
+    integrate.add_argument(
+        "--model-dir", type=Path, metavar="DIR", help="keep the trained model in DIR (InspireModel.load reads it)"
+    )
     integrate.add_argument("--figures", type=Path, metavar="DIR", help="write PNG figures into DIR")
     integrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     integrate.add_argument("--overwrite", action="store_true", help="replace OUT (and figures) if they exist")
@@ -371,6 +374,8 @@ def _integrate(args: argparse.Namespace) -> int:
     if repeated:
         raise CLIError(f"the same store is given more than once ({', '.join(repeated)}): its spots would be duplicated")
     _check_output(args.output, overwrite=args.overwrite)
+    if args.model_dir is not None and (args.model_dir / "model.pt").exists():
+        raise CLIError(f"{args.model_dir} already holds a model; choose another --model-dir")
     figure_names = ["factors", "programs", "history"] + (["domains"] if args.n_domains else [])
     figures = _prepare_figures(args.figures, figure_names, overwrite=args.overwrite) if args.figures else []
 
@@ -402,6 +407,7 @@ def _integrate(args: argparse.Namespace) -> int:
         n_models=args.n_models,
         device=args.device,
         random_state=args.seed,
+        model_dir=args.model_dir,
         show_progress_bar=not args.no_progress,
     )
     seconds = time.perf_counter() - start

@@ -190,7 +190,7 @@ def test_large_data_pca_matches_scikit_learn():
     rng = np.random.default_rng(0)
     x = sparse.random(3000, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
     x.data = np.log1p(rng.poisson(3.0, x.nnz) + 1.0).astype(np.float32)
-    y, first_variance = _sparse_pca(x, 5, chunk_size=700)  # several chunks
+    y, first_variance, _ = _sparse_pca(x, 5, chunk_size=700)  # several chunks
     pca = PCA(5, svd_solver="arpack", random_state=0)
     expected = pca.fit_transform(x.toarray().astype(np.float64))
     np.testing.assert_allclose(first_variance, pca.explained_variance_[0], rtol=1e-5)
@@ -227,7 +227,7 @@ def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
     counts = sparse.csr_matrix(counts)
     columns = np.array([0, 1, 2, 3, 5, 8, 13, 21, 22, 24])
     _, _, totals = _library_and_saturated(counts, 50, codes, 3)
-    y, first_variance = pearson_pca(counts, totals, codes, columns, 4, chunk_size=37)  # several chunks
+    y, first_variance, axes = pearson_pca(counts, totals, codes, columns, 4, chunk_size=37)  # several chunks
 
     residuals = np.zeros((codes.size, columns.size))
     for k in range(3):
@@ -243,6 +243,8 @@ def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
         expected[np.argmax(np.abs(y), axis=0), np.arange(4)] * y[np.argmax(np.abs(y), axis=0), np.arange(4)]
     )
     np.testing.assert_allclose(y, expected * signs, atol=1e-3 * np.abs(expected).max())
+    # the axes map the standardised residuals to the components: the map that applies to new slices
+    np.testing.assert_allclose(residuals @ axes, y, atol=1e-3 * np.abs(expected).max())
     np.testing.assert_allclose(
         first_variance, pca.explained_variance_[0] * (codes.size - 1) / (codes.size - 3), rtol=1e-5
     )

@@ -27,6 +27,21 @@ _GRAM_CHUNK = 4096
 
 
 @dataclass
+class Reduction:
+    """The linear reduction ``Y`` of the encoder's input, as fitted on the training slices.
+
+    ``Y`` of a slice is its expression over the feature genes, made comparable within the slice (``"pearson"``:
+    Pearson residuals standardised per gene; ``"lognorm"``: log-normalised values centred per gene), times
+    ``axes`` (feature genes x components), divided by ``scale``. Only ``axes`` and ``scale`` come from the training
+    slices, so the same map applies to new slices.
+    """
+
+    kind: str  # "pearson" or "lognorm"
+    axes: np.ndarray  # feature genes x components, float32
+    scale: float
+
+
+@dataclass
 class ModelData:
     """Everything the trainer reads, aligned on the rows of the table."""
 
@@ -44,6 +59,7 @@ class ModelData:
     gene_fraction: np.ndarray | None = None  # G, each gene's share of the counts of the slices that measured it
     slice_log_ratio: np.ndarray | None = None  # S x G, log of each slice's gene shares over the pooled ones
     values_are_counts: bool = True  # False: normalised values, fitted by a KL-divergence factorisation
+    reduction: Reduction | None = None  # how Y was made from the expression, to make it again for other slices
     extra: dict = field(default_factory=dict)
 
     @property
@@ -118,11 +134,14 @@ def prepare(
     feat_genes = shared if shared.sum() >= 2 else np.ones(genes.size, dtype=bool)
     n_comp = int(min(n_pcs, int(feat_genes.sum()) - 1, adata.n_obs - 1))
     if features == "pearson":
-        y, first_variance = pearson_pca(counts, gene_totals, codes, np.flatnonzero(feat_genes), n_comp, chunk_size)
+        y, first_variance, axes = pearson_pca(
+            counts, gene_totals, codes, np.flatnonzero(feat_genes), n_comp, chunk_size
+        )
     else:
         columns = np.flatnonzero(hv)[feat_genes]
-        y, first_variance = _lognorm_pca(adata, columns, codes, len(slice_names), n_comp, seed, chunk_size)
-    y /= max(float(np.sqrt(first_variance)), 1e-8)  # unit scale on the first component
+        y, first_variance, axes = _lognorm_pca(adata, columns, codes, len(slice_names), n_comp, seed, chunk_size)
+    scale = max(float(np.sqrt(first_variance)), 1e-8)
+    y /= scale  # unit scale on the first component
 
     graph = sparse.csr_matrix(adata.obsp[connectivity_key])
     a_hat = normalized_adjacency(graph)
@@ -145,6 +164,7 @@ def prepare(
         gene_fraction=_gene_fraction(gene_totals.sum(axis=0), library, codes, mask),
         slice_log_ratio=_slice_log_ratio(gene_totals, mask),
         values_are_counts=bool(counts_given),
+        reduction=Reduction(features, axes, scale),
     )
 
 
@@ -176,8 +196,11 @@ def _slice_log_ratio(gene_totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _lognorm_pca(
     adata: AnnData, columns: np.ndarray, codes: np.ndarray, n_slices: int, n_comp: int, seed: int, chunk_size: int
-) -> tuple[np.ndarray, float]:
-    """Principal components of the log-normalised ``X[:, columns]``, centred within slices; the first's variance."""
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Principal components of the log-normalised ``X[:, columns]`` centred within slices, the first's variance, axes.
+
+    The axes (genes x components) map the slice-centred expression to the components.
+    """
     from sklearn.decomposition import PCA
 
     # no column copy when every gene is a feature (the expression is only read)
@@ -188,11 +211,11 @@ def _lognorm_pca(
         means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(n_slices)])
         pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
         y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
-        return y, float(pca.explained_variance_[0])
+        return y, float(pca.explained_variance_[0]), pca.components_.T.astype(np.float32)
     # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
-    y, first_variance = _sparse_pca(x, n_comp, chunk_size)
+    y, first_variance, axes = _sparse_pca(x, n_comp, chunk_size)
     y -= np.vstack([y[codes == k].mean(axis=0) for k in range(n_slices)])[codes]
-    return y, first_variance
+    return y, first_variance, axes
 
 
 #: Overdispersion of the analytic Pearson residuals (Lause, Berens & Kobak 2021).
@@ -207,7 +230,7 @@ def pearson_pca(
     n_comp: int,
     chunk_size: int,
     theta: float = PEARSON_THETA,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float, np.ndarray]:
     """Principal components of the analytic Pearson residuals of ``counts[:, columns]``, standardised within slices.
 
     For spot ``i`` of slice ``s`` and gene ``g``, ``μ_ig = n_i p_sg`` with ``n_i`` the spot's counts over the
@@ -218,8 +241,8 @@ def pearson_pca(
     change their size from slice to slice: each gene is centred and scaled to unit variance within each slice (a
     gene constant in a slice is 0 there). The axes are the exact top eigenvectors of the pooled within-slice
     covariance, accumulated over dense row chunks (three passes: moments, covariance, projections; memory ``p²``
-    plus one chunk), so the result depends neither on the chunking nor on a random start. Returns the projections
-    and the variance of the first axis.
+    plus one chunk), so the result depends neither on the chunking nor on a random start. Returns the projections,
+    the variance of the first axis and the axes (genes x components).
     """
     n_slices = gene_totals.shape[0]
     totals = gene_totals[:, columns]
@@ -249,7 +272,7 @@ def pearson_pca(
         counts, _block_residual_projection, rows=(codes,), args=(*args, means, inv_sd, vectors), chunk_size=step
     ):
         y[start:stop] = block_y
-    return y, float(values[0])
+    return y, float(values[0]), vectors.astype(np.float32)
 
 
 def _residuals(
@@ -342,8 +365,8 @@ def _block_library_and_saturated(
     return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes, None
 
 
-def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float]:
-    """Projections on the ``n_comp`` first principal axes of the centred ``x``, and the first axis's variance.
+def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Projections on the ``n_comp`` first principal axes of the centred ``x``, the first axis's variance, the axes.
 
     The exact eigenvectors of the covariance, from the Gram matrix ``xᵀx`` accumulated over dense row chunks
     (BLAS; one pass over ``x``, memory ``p²`` plus one chunk; only the top eigenpairs are solved for), with
@@ -357,7 +380,7 @@ def _sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float
     vectors = vectors.astype(np.float32)
     y = matmul_rows(x, vectors, chunk_size)
     y -= (mean @ vectors).astype(np.float32)
-    return y, float(values[0])
+    return y, float(values[0]), vectors
 
 
 def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = 20_000) -> tuple[np.ndarray, np.ndarray]:

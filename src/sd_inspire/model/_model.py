@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _WEIGHTS_FILE = "model.pt"
 _META_FILE = "model.json"
 _CHECKPOINT_FILE = "checkpoint.pt"
+_REDUCTION_FILE = "reduction.npy"
 
 
 class InspireModel:
@@ -187,25 +188,18 @@ class InspireModel:
             logger.warning("A single slice: training without the alignment terms.")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            graph_encoder = (
-                GATEncoder(self.data.n_base, n_hidden, n_latent, dropout=dropout) if encoder == "gat" else None
-            )
             anchor = None
             if self.params["anchored"]:
                 start = self.data.features.shape[1] - self.data.n_base
                 centre, axes = principal_axes(self.data.features[:, start:], n_latent)
                 anchor = (torch.as_tensor(axes), torch.as_tensor(centre), start)
-            self.module = InspireModule(
+            self.module = _build_module(
+                self.params,
                 self.data.features.shape[1],
+                self.data.n_base,
                 n_genes,
                 len(self.data.slice_names),
-                n_latent=n_latent,
-                n_factors=n_factors,
-                n_hidden=n_hidden,
-                slice_aware_factors=bool(cross_technology),
-                dropout=dropout,
-                encoder=graph_encoder,
-                anchor=anchor,
+                anchor,
             )
             if self.data.gene_fraction is not None:
                 # gene programs start at the data's mean profile: counts span orders of magnitude across genes,
@@ -284,6 +278,7 @@ class InspireModel:
         show_progress_bar
             Show a progress bar with the loss terms.
         """
+        self._require_data("train on")
         batch_size, lr = check_integer(batch_size, "batch_size", minimum=1), check_number(lr, "lr", positive=True)
         if checkpoint_dir is not None:
             checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
@@ -358,9 +353,17 @@ class InspireModel:
                 "The model is not trained: call `.train()` first (or `InspireModel.load` a trained one)."
             )
 
+    def _require_data(self, what: str) -> None:
+        if self.data is None:
+            raise RuntimeError(
+                f"This model was loaded without data, so it has no spots to {what}: pass the table it was trained on "
+                "to `InspireModel.load(path, adata)`."
+            )
+
     @torch.inference_mode()
     def _forward_all(self, what: Literal["latent", "factors"], chunk_size: int = 8192) -> np.ndarray:
         self._require_trained()
+        self._require_data(f"compute the {what} of")
         self.module.eval()
         features = torch.as_tensor(self.data.features, device=self.device)
         n_layers = self.module.encoder.n_layers if self.params["encoder"] == "gat" else None
@@ -374,9 +377,13 @@ class InspireModel:
             out.append(z.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
-    def get_latent(self) -> np.ndarray:
-        """Latent representation, n_obs x n_latent."""
+    def get_latent_representation(self) -> np.ndarray:
+        """Latent representation, n_obs x n_latent (scvi-tools' name)."""
         return self._forward_all("latent")
+
+    def get_latent(self) -> np.ndarray:
+        """Latent representation, n_obs x n_latent: an alias of :meth:`get_latent_representation`."""
+        return self.get_latent_representation()
 
     def get_factors(self) -> np.ndarray:
         """Spatial factor proportions, n_obs x n_factors (rows sum to 1)."""
@@ -399,22 +406,65 @@ class InspireModel:
         from sd_inspire._versions import versions
 
         return {
-            "genes": self.data.genes,
-            "slices": self.data.slice_names,
+            "genes": self.genes,
+            "slices": self.slice_names,
             "params": self.params,
             "random_state": self.random_state if isinstance(self.random_state, int) else None,
             "seed": self.seed,
             "is_trained": self.is_trained,
             "versions": versions(),
+            "reference": self._reference_info(),
         }
 
+    def _reference_info(self) -> dict[str, Any]:
+        """What the model needs to work without its training data: sizes, genes measured, the input reduction."""
+        if self.data is None:
+            return self._reference
+        reduction = self.data.reduction
+        return {
+            "n_input": int(self.data.features.shape[1]),
+            "n_base": int(self.data.n_base),
+            "feature_genes": list(self.data.feature_genes),
+            "mask": self.data.mask.astype(int).tolist(),
+            "values_are_counts": bool(self.data.values_are_counts),
+            "reduction_scale": None if reduction is None else float(reduction.scale),
+        }
+
+    @property
+    def genes(self) -> list[str]:
+        """Genes of the count model (the gene space it was trained on)."""
+        return list(self.data.genes) if self.data is not None else list(self._genes)
+
+    @property
+    def slice_names(self) -> list[str]:
+        """Slices the model was trained on."""
+        return list(self.data.slice_names) if self.data is not None else list(self._slice_names)
+
+    @property
+    def reference_id(self) -> str:
+        """A fingerprint of the trained model: SHA-256 (first 16 hex digits) of its weights and genes.
+
+        Two models with the same identifier have the same weights for the same genes; results mapped onto a
+        reference record it (``uns[key]["reference_id"]``), so they can be traced back to the model that made them.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(self.genes).encode())
+        for name, tensor in sorted(self.module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def _check_metadata(self, meta: dict[str, Any], where: str) -> None:
-        for key, mine in (("genes", self.data.genes), ("slices", self.data.slice_names), ("params", self.params)):
+        for key, mine in (("genes", self.genes), ("slices", self.slice_names), ("params", self.params)):
             if meta.get(key) != mine:
                 raise ValueError(f"{where}: the saved model's {key} do not match this data and these settings.")
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Write the weights (``model.pt``) and metadata (``model.json``) into folder ``path``.
+        """Write the weights (``model.pt``), metadata (``model.json``) and input reduction into folder ``path``.
+
+        The folder is all :meth:`load` needs: the model can be loaded, inspected and used as a reference for new
+        slices without its training data.
 
         Raises
         ------
@@ -429,23 +479,50 @@ class InspireModel:
         tmp = folder / (_WEIGHTS_FILE + ".tmp")
         torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, tmp)
         tmp.replace(folder / _WEIGHTS_FILE)
+        axes = self._reduction_axes()
+        if axes is not None:
+            with open(folder / (_REDUCTION_FILE + ".tmp"), "wb") as f:
+                np.save(f, axes, allow_pickle=False)
+            (folder / (_REDUCTION_FILE + ".tmp")).replace(folder / _REDUCTION_FILE)
         meta = {**self._metadata(), "history": self.history}
-        (folder / _META_FILE).write_text(json.dumps(meta, indent=1))
+        tmp = folder / (_META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(folder / _META_FILE)
+
+    def _reduction_axes(self) -> np.ndarray | None:
+        if self.data is None:
+            return self._axes
+        return None if self.data.reduction is None else self.data.reduction.axes
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData, *, device: str | torch.device = "auto") -> InspireModel:
-        """Load a model saved with :meth:`save` for ``adata``.
+    def load(
+        cls, path: str | Path, adata: AnnData | None = None, *, device: str | torch.device = "auto"
+    ) -> InspireModel:
+        """Load a model saved with :meth:`save`, for ``adata`` or on its own.
 
-        Only tensors are read (``torch.load(weights_only=True)``), so a model file cannot run code; the genes, slices
-        and parameters recorded with it must match ``adata``.
+        Only tensors and arrays are read (``torch.load(weights_only=True)``, ``numpy.load(allow_pickle=False)``), so
+        a model file cannot run code.
+
+        Parameters
+        ----------
+        path
+            Folder written by :meth:`save` (or by :func:`sd_inspire.tl.integrate` with ``model_dir``).
+        adata
+            The table the model was trained on (same genes, slices and parameters): the model is then set up on it
+            as after training, and every ``get_*`` method works. ``None``: the model alone, without data: its gene
+            programs (:meth:`get_loadings`), slice effects, genes, slices, parameters, training history and
+            :attr:`reference_id` can be read, and it can be saved again.
+        device
+            Where the weights go.
 
         Raises
         ------
         FileNotFoundError
             If ``path`` holds no model.
         ValueError
-            If a file is truncated, not written by :meth:`save` or damaged (non-finite weights), or the model does
-            not match the data.
+            If a file is truncated, not written by :meth:`save` or damaged (non-finite weights), the model does not
+            match the data, or (``adata=None``) the model was saved by a version that did not record what it needs
+            to work without data.
         """
         folder = Path(path)
         if not (folder / _WEIGHTS_FILE).exists() or not (folder / _META_FILE).exists():
@@ -462,13 +539,84 @@ class InspireModel:
             raise ValueError(
                 f"{folder / _META_FILE}: not the metadata of a saved model ({type(e).__name__}: {e})."
             ) from None
-        model = cls(adata, **params, random_state=random_state, device=device)
-        model.seed = seed
-        model._check_metadata(meta, str(folder))
+        if adata is None:
+            model = cls._detached(folder, meta, device)
+        else:
+            model = cls(adata, **params, random_state=random_state, device=device)
+            model.seed = seed
+            model._check_metadata(meta, str(folder))
         model.module.load_state_dict(_load_weights(folder / _WEIGHTS_FILE, model.module, model.device))
         model.history = meta.get("history", {})
         model.is_trained = is_trained
         return model
+
+    @classmethod
+    def _detached(cls, folder: Path, meta: dict[str, Any], device: str | torch.device) -> InspireModel:
+        """A model set up from its saved metadata alone (no data); the weights are loaded by the caller."""
+        reference = meta.get("reference")
+        needed = ("n_input", "n_base", "feature_genes", "mask")
+        if not isinstance(reference, dict) or any(k not in reference for k in needed):
+            raise ValueError(
+                f"{folder / _META_FILE}: saved by an sd-inspire version that did not record what the model needs "
+                "without its training data; load it with that data (`InspireModel.load(path, adata)`) and save it "
+                "again."
+            )
+        try:
+            genes, slices = [str(g) for g in meta["genes"]], [str(s) for s in meta["slices"]]
+            mask = np.asarray(reference["mask"], dtype=bool)
+            if mask.shape != (len(slices), len(genes)):
+                raise ValueError(f"mask of shape {mask.shape} for {len(slices)} slices x {len(genes)} genes")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{folder / _META_FILE}: not the metadata of a saved model ({e}).") from None
+        axes = None
+        if (folder / _REDUCTION_FILE).exists():
+            try:
+                axes = np.load(folder / _REDUCTION_FILE, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{folder / _REDUCTION_FILE}: not a readable input reduction ({e}).") from None
+        model = cls.__new__(cls)
+        model.adata, model.data = None, None
+        model.params = dict(meta["params"])
+        model.random_state, model.seed = meta["random_state"], int(meta["seed"])
+        model.device = _device(device)
+        model._genes, model._slice_names, model._axes = genes, slices, axes
+        model._reference = {**reference, "mask": mask.astype(int).tolist()}
+        model.world = World()
+        anchor = None
+        if model.params["anchored"]:  # shapes only: the values come with the weights
+            n_base = int(reference["n_base"])  # the anchored block, the most smoothed, is the last
+            start = int(reference["n_input"]) - n_base
+            anchor = (torch.zeros(n_base, model.params["n_latent"]), torch.zeros(n_base), start)
+        model.module = _build_module(
+            model.params, int(reference["n_input"]), int(reference["n_base"]), len(genes), len(slices), anchor
+        ).to(model.device)
+        return model
+
+
+def _build_module(
+    params: dict[str, Any],
+    n_input: int,
+    n_base: int,
+    n_genes: int,
+    n_slices: int,
+    anchor: tuple[torch.Tensor, torch.Tensor, int] | None,
+) -> InspireModule:
+    """The network of a model with ``params`` (as in :attr:`InspireModel.params`) for data of these sizes."""
+    graph_encoder = None
+    if params["encoder"] == "gat":
+        graph_encoder = GATEncoder(n_base, params["n_hidden"], params["n_latent"], dropout=params["dropout"])
+    return InspireModule(
+        n_input,
+        n_genes,
+        n_slices,
+        n_latent=params["n_latent"],
+        n_factors=params["n_factors"],
+        n_hidden=params["n_hidden"],
+        slice_aware_factors=params["cross_technology"],
+        dropout=params["dropout"],
+        encoder=graph_encoder,
+        anchor=anchor,
+    )
 
 
 def _check_same_run(saved: dict[str, Any] | None, settings: dict[str, Any], folder: Path) -> None:

@@ -44,6 +44,7 @@ def integrate(
     device: str = "auto",
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 200,
+    model_dir: str | Path | None = None,
     show_progress_bar: bool = True,
     random_state: int | None = 0,
     key_added: str = "inspire",
@@ -116,6 +117,10 @@ def integrate(
         data-parallel). A checkpoint of a run with other training settings is refused, not returned.
     checkpoint_every
         Steps between checkpoints (with ``checkpoint_dir``).
+    model_dir
+        Folder to keep the trained model in (:meth:`sd_inspire.model.InspireModel.save`; with ``n_models >= 2``,
+        each member in ``member0``, ``member1``, ...). :meth:`~sd_inspire.model.InspireModel.load` reads it back,
+        with or without the data. A folder that already holds a model is refused before training.
     show_progress_bar
         Show a progress bar with the loss terms.
     %(random_state)s On the CPU, equal seeds give equal results.
@@ -133,7 +138,9 @@ def integrate(
       over the model's genes; 0 for genes outside the model, flagged by ``var["{key_added}_gene"] == False``);
     - ``uns[key_added]``: ``params``, ``train_params``, ``genes``, ``slices``, ``slice_gene_effects`` (slices x
       genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``,
-      ``values`` (``"counts"``, or ``"normalised"`` for tables without counts).
+      ``values`` (``"counts"``, or ``"normalised"`` for tables without counts), ``reference_id`` (the trained
+      model's fingerprint, :attr:`sd_inspire.model.InspireModel.reference_id`; the first member's for an
+      ensemble) and, with ``model_dir``, ``model_dir`` (its absolute path).
 
     With ``uncertainty``:
 
@@ -179,6 +186,7 @@ def integrate(
     slices = get_slices(adata, slice_key)
     if isinstance(n_models, bool) or not isinstance(n_models, int | np.integer) or n_models < 1:
         raise ValueError(f"`n_models` must be a positive integer, got {n_models!r}.")
+    _check_model_dir(model_dir, n_models)
     if uncertainty is None:
         uncertainty = n_models > 1
     if len(slices.cat.categories) == 1:
@@ -225,9 +233,13 @@ def integrate(
                 checkpoint_every=checkpoint_every,
                 show_progress_bar=show_progress_bar,
             )
+            if model_dir is not None and model.world.is_main:
+                model.save(_member_folder(model_dir, len(members), n_models))
             members.append(_outputs(model, uncertainty=uncertainty))
             first = first or model  # metadata, history and the process group come from the first member
         write_results(adata, first, key_added, combine(members))
+        if model_dir is not None:
+            adata.uns[key_added]["model_dir"] = str(Path(model_dir).resolve())
         if not copy and is_spatialdata(data):
             # under torchrun every rank holds the same results; only rank 0 writes into a backing store
             _add_factor_table(data, adata, key_added, table_key, write=first.world.is_main)
@@ -259,6 +271,7 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
         "seed": meta["seed"],
         "n_models": len(ensemble.match) + 1,
         "values": "counts" if model.data.values_are_counts else "normalised",
+        "reference_id": model.reference_id,
     }
     written = [
         ("obsm", f"X_{key_added}"),
@@ -310,6 +323,20 @@ def _outputs(model: Any, *, uncertainty: bool = False) -> Member:
 
 def _per_slice_mean(values: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
     return np.array([values[codes == k].mean() if (codes == k).any() else np.nan for k in range(n_slices)])
+
+
+def _check_model_dir(model_dir: str | Path | None, n_models: int) -> None:
+    """Refuse a ``model_dir`` that is a file or already holds a model, before any training."""
+    if model_dir is None:
+        return
+    if Path(model_dir).exists() and not Path(model_dir).is_dir():
+        raise ValueError(f"`model_dir={str(model_dir)!r}` is a file, not a folder.")
+    for member in range(n_models):
+        folder = _member_folder(model_dir, member, n_models)
+        if (folder / "model.pt").exists() or (folder / "model.json").exists():
+            raise ValueError(
+                f"`model_dir`: {str(folder)!r} already holds a model; choose another folder (or remove that one)."
+            )
 
 
 def _member_folder(checkpoint_dir: str | Path | None, member: int, n_models: int) -> Path | None:
