@@ -532,3 +532,21 @@ def test_integrate_wrong_or_corrupt_store(tmp_path):
     code, _, stderr = run("integrate", corrupt, "-o", tmp_path / "x.zarr")
     assert_clean_error(code, stderr, str(corrupt))
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_map_end_to_end(integrated, tmp_path):
+    from sd_inspire.model import InspireModel
+
+    model = integrated["out"].parent / "model"
+    new = tmp_path / "new.zarr"
+    si.datasets.simulate(1, n_spots=120, n_genes=80, random_state=9, path=new)
+    out = tmp_path / "mapped.zarr"
+    code, stdout, stderr = run("map", new, "--model", model, "-o", out, "--max-steps", "5", "--no-progress")
+    assert code == 0, stderr
+    table = spatialdata.read_zarr(out)["table"]
+    assert table.obsm["X_inspire"].shape[0] == 120
+    assert table.uns["inspire"]["reference_id"] == InspireModel.load(model).reference_id
+    assert stdout.startswith("mapped 120 spots in 1 slice")
+    assert "reference: " in stdout
+    code, _, stderr = run("map", new, "--model", tmp_path / "nowhere", "-o", tmp_path / "x.zarr")
+    assert_clean_error(code, stderr, "nowhere")

@@ -68,6 +68,13 @@ MERFISH) into one latent space and one non-negative factorisation (INSPIRE),
 on SpatialData zarr stores. Run `sd-inspire COMMAND --help` for the options of
 a command."""
 
+_MAP_DESCRIPTION = """\
+Map new slices onto a model trained by `sd-inspire integrate --model-dir DIR`
+(or `tl.integrate(model_dir=...)`): the model's encoder and gene programs stay
+frozen, only the new slices' own parameters are learnt, so the new slices get
+the reference's latent space and factor axes in seconds to a minute. Writes a
+new annotated store with the keys of `integrate`; inputs are never modified."""
+
 _EPILOG = """\
 examples:
   sd-inspire read DLPFC/151673 DLPFC/151674 -o dlpfc.zarr
@@ -293,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     integrate.add_argument("--overwrite", action="store_true", help="replace OUT (and figures) if they exist")
     integrate.set_defaults(run=_integrate, parser=integrate)
+
+    mapper = commands.add_parser(
+        "map",
+        parents=[common],
+        help="map new slices onto a trained model (kept with integrate --model-dir)",
+        description=_MAP_DESCRIPTION,
+        formatter_class=_Formatter,
+    )
+    mapper.add_argument("stores", nargs="+", type=Path, metavar="IN.zarr", help="zarr store(s) of the new slices")
+    mapper.add_argument(
+        "--model", type=Path, required=True, metavar="DIR", help="the reference: a folder of integrate --model-dir"
+    )
+    mapper.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
+    mapper.add_argument(
+        "--max-steps", type=int, metavar="N", help="training steps of the new slices' parameters (default: 200-1000)"
+    )
+    mapper.add_argument("--batch-size", type=int, default=1024, metavar="N", help="spots per minibatch (default: 1024)")
+    mapper.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    mapper.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    mapper.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    mapper.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    mapper.set_defaults(run=_map, parser=mapper)
     return parser
 
 
@@ -421,6 +450,42 @@ def _integrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map(args: argparse.Namespace) -> int:
+    for option in ("max_steps", "batch_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    if not _DEVICE.fullmatch(args.device):
+        raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    for store in [*args.stores, args.model]:
+        _require_exists(store)
+    _check_output(args.output, overwrite=args.overwrite)
+
+    import sd_inspire as si
+    from sd_inspire.model import InspireModel
+
+    with _reading(args.model):
+        model = InspireModel.load(args.model, device=args.device)
+    sdata = _load_stores(args.stores)
+    before = _keys(sdata)
+    start = time.perf_counter()
+    si.tl.map_query(
+        sdata,
+        model,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_state=args.seed,
+        show_progress_bar=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    written = _written(before, _keys(sdata), domains=False)
+    _write_store(sdata, args.output)
+    _summary(sdata, args, seconds, written, [], verb="mapped")
+    _stdout(f"reference: {args.model} ({model.reference_id}), slices {', '.join(model.slice_names)}")
+    return 0
+
+
 def _load_stores(paths: Sequence[Path]) -> SpatialData:
     """One SpatialData with table ``"table"`` and ``obs["slice"]``; several stores are combined slice by slice."""
     import sd_inspire as si
@@ -532,24 +597,32 @@ def _written(before: dict[str, set[str]], after: dict[str, set[str]], *, domains
 
 
 def _summary(
-    sdata: SpatialData, args: argparse.Namespace, seconds: float, written: dict[str, list[str]], figures: list[Path]
+    sdata: SpatialData,
+    args: argparse.Namespace,
+    seconds: float,
+    written: dict[str, list[str]],
+    figures: list[Path],
+    *,
+    verb: str = "integrated",
 ) -> None:
     table = sdata[_TABLE]
     uns = table.uns[_KEY]
     spots = table.obs[_SLICE].value_counts(sort=False)
     per_slice = ", ".join(f"{name}: {int(n)}" for name, n in spots.items())
     _stdout(
-        f"integrated {table.n_obs} spots in {len(spots)} slice{'s' * (len(spots) != 1)} ({per_slice}); {len(uns['genes'])} genes in the "
+        f"{verb} {table.n_obs} spots in {len(spots)} slice{'s' * (len(spots) != 1)} ({per_slice}); {len(uns['genes'])} genes in the "
         f"model (of {table.n_vars})"
     )
     history = {k: v for k, v in uns["history"].items() if not k.startswith("_")}
     history = {k: history[k] for k in sorted(history, key=lambda k: k != "loss")}  # the total first
     n_steps = len(next(iter(history.values()), []))
     train = float(sum(uns["history"].get("_seconds", [0.0])))
-    per_model = f" per model, {args.n_models} models" if args.n_models > 1 else ""
-    _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; integrate took {seconds:.1f} s in all")
+    n_models = getattr(args, "n_models", 1)
+    per_model = f" per model, {n_models} models" if n_models > 1 else ""
+    command = "integrate" if verb == "integrated" else "map"
+    _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; {command} took {seconds:.1f} s in all")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
-    if args.n_domains:
+    if getattr(args, "n_domains", None):
         sizes = table.obs[_DOMAIN_KEY].value_counts().sort_index()
         _stdout(
             f"domains: {len(sizes)} in obs[{_DOMAIN_KEY!r}] (" + ", ".join(f"{d}: {n}" for d, n in sizes.items()) + ")"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from scipy import linalg, sparse
 
 from sd_inspire._chunks import chunk_edges, is_lazy, map_row_blocks, matmul_rows, read_rows
@@ -665,3 +666,143 @@ def make_sampler(
     if is_lazy(counts):
         return BufferedSampler(slices, per_slice, rng, counts, shard)
     return StratifiedSampler(slices, per_slice, rng, counts, shard)
+
+
+def prepare_query(
+    adata: AnnData,
+    *,
+    genes: list[str],
+    feature_genes: list[str],
+    reduction: Reduction,
+    slice_key: str | None,
+    n_hops: int,
+    connectivity_key: str,
+    values_are_counts_: bool = True,
+    chunk_size: int = 20_000,
+) -> ModelData:
+    """:class:`ModelData` of new slices in a trained model's gene space and input space.
+
+    The count model's genes are the model's ``genes``: those the query lacks are masked (not measured), those the
+    model never saw are left out. The encoder's input ``Y`` is the query's expression over ``feature_genes`` made
+    comparable within each of its slices as in :func:`prepare` (per-slice Pearson residuals standardised per gene,
+    or log-normalised values centred per gene), projected on the model's axes (``reduction``) and propagated over
+    the query's own graph. A feature gene the query lacks contributes nothing.
+
+    Raises
+    ------
+    ValueError
+        If the query shares fewer than two genes with the model, holds normalised values where the model was
+        trained on counts, or has spots without counts in the model's genes.
+    """
+    counts_given = values_are_counts(adata)
+    if values_are_counts_ and not counts_given:
+        raise ValueError(
+            "The query holds normalised values, but the model was trained on counts: map raw counts "
+            "(`layers['counts']`, see `sd_inspire.pp.preprocess`)."
+        )
+    layer = adata.layers[Key.COUNTS] if counts_given and Key.COUNTS in adata.layers else adata.X
+    labels = get_slices(adata, slice_key)
+    codes = labels.cat.codes.to_numpy().astype(np.int64)
+    slice_names = [str(c) for c in labels.cat.categories]
+
+    where = adata.var_names.get_indexer(genes)  # -1: a gene of the model the query lacks
+    present = where >= 0
+    if present.sum() < 2:
+        raise ValueError(
+            f"The query shares {int(present.sum())} of the model's {len(genes)} genes; at least two are needed (are "
+            "the gene names of the same kind, e.g. symbols in both, not symbols in one and Ensembl ids in the other?)."
+        )
+    select = sparse.csr_matrix(
+        (np.ones(int(present.sum()), dtype=np.float32), (where[present], np.flatnonzero(present))),
+        shape=(adata.n_vars, len(genes)),
+    )
+    counts = sparse.vstack([sparse.csr_matrix(block, dtype=np.float32) @ select for _, _, block in _blocks(layer)])
+    counts = sparse.csr_matrix(counts, dtype=np.float32)
+    measured = measured_mask(adata, labels).to_numpy(dtype=bool)  # query genes x slices
+    mask = np.zeros((len(slice_names), len(genes)), dtype=bool)
+    mask[:, present] = measured[where[present]].T
+    try:
+        library, saturated, gene_totals = _library_and_saturated(counts, chunk_size, codes, len(slice_names))
+    except InvalidCountsError as e:
+        raise ValueError(
+            f"The query's counts hold {e.n_bad} negative, NaN or infinite values in the model's genes (e.g. {e.value} "
+            f"for spot {adata.obs_names[e.row]!r}, gene {genes[e.col]!r})."
+        ) from None
+    empty = library <= 0
+    if empty.any():
+        raise ValueError(
+            f"{int(empty.sum())} spots of the query have no counts in the model's genes (e.g. "
+            f"{adata.obs_names[np.flatnonzero(empty)[0]]!r}): filter them (`pp.preprocess(min_counts=...)`)."
+        )
+
+    columns = pd.Index(genes).get_indexer(feature_genes)
+    n_features_present = int(present[columns].sum())
+    if n_features_present < 2:
+        raise ValueError(
+            f"The query measures {n_features_present} of the model's {len(feature_genes)} input genes; at least two "
+            "are needed to place its spots in the model's input space."
+        )
+    if reduction.kind == "pearson":
+        totals = gene_totals[:, columns]
+        share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
+        sizes = np.bincount(codes, minlength=len(slice_names)).astype(np.float64)
+        args = (columns, share, np.sqrt(sizes), PEARSON_THETA)
+        sums, squares = np.zeros((len(slice_names), columns.size)), np.zeros((len(slice_names), columns.size))
+        step = min(chunk_size, _GRAM_CHUNK)
+        for _, _, (s1, s2) in map_row_blocks(
+            counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
+        ):
+            sums += s1
+            squares += s2
+        means = sums / np.maximum(sizes, 1)[:, None]
+        sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
+        inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
+        y = np.empty((codes.size, reduction.axes.shape[1]), dtype=np.float32)
+        projection_args = (*args, means, inv_sd, reduction.axes.astype(np.float64))
+        for start, stop, block_y in map_row_blocks(
+            counts, _block_residual_projection, rows=(codes,), args=projection_args, chunk_size=step
+        ):
+            y[start:stop] = block_y
+    else:
+        x_where = adata.var_names.get_indexer(feature_genes)
+        keep = x_where >= 0
+        place = sparse.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=np.float32), (x_where[keep], np.flatnonzero(keep))),
+            shape=(adata.n_vars, len(feature_genes)),
+        )
+        x = sparse.vstack([sparse.csr_matrix(block, dtype=np.float32) @ place for _, _, block in _blocks(adata.X)])
+        x = sparse.csr_matrix(x)
+        y = matmul_rows(x, reduction.axes, chunk_size)
+        y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]  # centred per slice
+    y /= reduction.scale
+
+    if connectivity_key not in adata.obsp:
+        raise KeyError(f"No graph `adata.obsp[{connectivity_key!r}]`: run `sd_inspire.gr.spatial_neighbors` first.")
+    graph = sparse.csr_matrix(adata.obsp[connectivity_key])
+    a_hat = normalized_adjacency(graph)
+    blocks, cur = [y], y
+    for _ in range(n_hops):
+        cur = matmul_rows(a_hat, cur, chunk_size)
+        blocks.append(cur)
+    return ModelData(
+        features=np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
+        counts=counts,
+        library=library,
+        saturated=saturated,
+        slices=codes,
+        mask=mask,
+        slice_names=slice_names,
+        genes=list(genes),
+        feature_genes=list(feature_genes),
+        graph=graph,
+        n_base=y.shape[1],
+        values_are_counts=bool(counts_given),
+        reduction=reduction,
+        extra={"genes_present": int(present.sum()), "feature_genes_present": n_features_present},
+    )
+
+
+def _blocks(x: Any) -> Iterator[tuple[int, int, Any]]:
+    from sd_inspire._chunks import row_blocks
+
+    return row_blocks(x, 20_000) if is_lazy(x) else iter([(0, x.shape[0], x)])

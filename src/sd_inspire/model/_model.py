@@ -215,6 +215,7 @@ class InspireModel:
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
         self.world = World()
+        self.mapped_onto: dict[str, Any] | None = None  # the reference of a query model (load_query_data)
 
     # ------------------------------------------------------------------ training
     def train(
@@ -286,14 +287,21 @@ class InspireModel:
             max_steps = check_integer(max_steps, "max_steps", minimum=1)
         n_slices = len(self.data.slice_names)
         per_slice = max(1, batch_size // n_slices)
-        if max_steps is None:
-            largest = int(np.bincount(self.data.slices).max())
+        largest = int(np.bincount(self.data.slices).max())
+        if max_steps is None and self.mapped_onto is not None:  # a query: only its slices' parameters are learnt
+            max_steps = int(np.clip(math.ceil(10 * largest / per_slice), 200, 1000))
+        elif max_steps is None:
             max_steps = int(np.clip(math.ceil(40 * largest / per_slice), 600, 3000))
         weights = LossWeights()
         for k, v in (loss_weights or {}).items():
             if k not in {f.name for f in fields(LossWeights)}:
                 raise KeyError(f"Unknown loss weight {k!r}; known: {[f.name for f in fields(LossWeights)]}.")
             setattr(weights, k, check_number(v, f"loss_weights[{k!r}]", minimum=0.0))
+        if self.mapped_onto is not None:
+            # the encoder is frozen: the terms that only shape the latent space (and the anchors and discriminator
+            # they need) would cost time and change nothing
+            weights.geometry = weights.adversarial = weights.alignment = 0.0
+            alignment = "mnn"
         config = TrainConfig(
             n_steps=max_steps,
             per_slice=per_slice,
@@ -414,6 +422,7 @@ class InspireModel:
             "is_trained": self.is_trained,
             "versions": versions(),
             "reference": self._reference_info(),
+            "mapped_onto": self.mapped_onto,
         }
 
     def _reference_info(self) -> dict[str, Any]:
@@ -541,6 +550,11 @@ class InspireModel:
             ) from None
         if adata is None:
             model = cls._detached(folder, meta, device)
+        elif meta.get("mapped_onto"):
+            raise ValueError(
+                f"{str(folder)!r} holds a query model mapped onto reference {meta['mapped_onto'].get('reference_id')}: "
+                "load it without data, or map the slices again with `InspireModel.load_query_data`."
+            )
         else:
             model = cls(adata, **params, random_state=random_state, device=device)
             model.seed = seed
@@ -548,6 +562,117 @@ class InspireModel:
         model.module.load_state_dict(_load_weights(folder / _WEIGHTS_FILE, model.module, model.device))
         model.history = meta.get("history", {})
         model.is_trained = is_trained
+        return model
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference: InspireModel | str | Path,
+        *,
+        slice_key: str | None = Key.SLICE,
+        random_state: int | None = 0,
+        device: str | torch.device = "auto",
+    ) -> InspireModel:
+        """A model of new slices ``adata`` on a trained reference: its encoder, factor head and gene programs frozen.
+
+        Following scvi-tools' ``load_query_data``: the query's spots are put in the reference's input space (its
+        expression over the reference's input genes, made comparable within each query slice as in training,
+        projected on the reference's axes, propagated over the query's graph), so the frozen encoder places them
+        in the reference's latent space and the frozen factor head and gene programs give factors on the
+        reference's axes. Only what belongs to the new slices is then learnt by :meth:`train`: their slice
+        embeddings, their gene effects and (for a slice-aware reference, ``cross_technology``) their factor
+        offsets, starting from the reference slices' mean. Genes of the reference that the query lacks are masked;
+        genes the reference never saw are left out (both counts are logged).
+
+        Parameters
+        ----------
+        adata
+            The query: new slices, preprocessed (``layers["counts"]``) with a spatial graph.
+        reference
+            A trained :class:`InspireModel`, or a folder written by :meth:`save` (or ``tl.integrate(model_dir=)``).
+        slice_key
+            Column of ``obs`` with the query's slices.
+        random_state
+            Seed of the minibatches and of anything else random.
+        device
+            Where the model runs.
+
+        Returns
+        -------
+        The query model (train it with :meth:`train`), whose ``get_*`` methods give the query's results.
+
+        Raises
+        ------
+        ValueError
+            If the reference is not trained or lacks its input reduction (saved by an older version), or the query
+            shares too few genes with it.
+        """
+        from sd_inspire.model._data import Reduction, prepare_query
+
+        ref = reference if isinstance(reference, InspireModel) else cls.load(reference, device=device)
+        ref._require_trained()
+        axes, info = ref._reduction_axes(), ref._reference_info()
+        if axes is None or info.get("reduction_scale") is None:
+            raise ValueError(
+                "The reference model has no record of its input reduction (saved by an older sd-inspire version): "
+                "load it with its training data and save it again."
+            )
+        if ref.params["encoder"] != "lgcn":
+            raise ValueError("Only models with the 'lgcn' encoder can serve as a reference for now.")
+        data = prepare_query(
+            adata,
+            genes=ref.genes,
+            feature_genes=list(info["feature_genes"]),
+            reduction=Reduction(ref.params["features"], np.asarray(axes, dtype=np.float32), info["reduction_scale"]),
+            slice_key=slice_key,
+            n_hops=ref.params["n_hops"],
+            connectivity_key=ref.params["connectivity_key"],
+            values_are_counts_=bool(info.get("values_are_counts", True)),
+        )
+        extra = int((~adata.var_names.isin(ref.genes)).sum())
+        logger.info(
+            "Query: %d of the reference's %d genes measured (the others masked), %d of its %d input genes; %d genes "
+            "of the query are not in the reference and left out",
+            data.extra["genes_present"],
+            len(ref.genes),
+            data.extra["feature_genes_present"],
+            len(info["feature_genes"]),
+            extra,
+        )
+        model = cls.__new__(cls)
+        model.adata, model.data = adata, data
+        model.params = {**ref.params, "slice_key": slice_key}
+        model.random_state = random_state
+        model.seed = int(random_generator(random_state).integers(2**31 - 1))
+        model.device = _device(device)
+        model.world = World()
+        model.history, model.is_trained = {}, False
+        model.mapped_onto = {"reference_id": ref.reference_id, "slices": ref.slice_names}
+        n_base = data.n_base
+        anchor = None
+        if model.params["anchored"]:
+            n_input = data.features.shape[1]
+            anchor = (torch.zeros(n_base, model.params["n_latent"]), torch.zeros(n_base), n_input - n_base)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model.seed)
+            model.module = _build_module(
+                model.params, data.features.shape[1], n_base, len(ref.genes), len(data.slice_names), anchor
+            )
+        state, mine = ref.module.state_dict(), model.module.state_dict()
+        n_query = len(data.slice_names)
+        for name in ("slice_embedding.weight", "factor_slice_bias", "slice_gene_effect"):
+            state[name] = state[name].mean(dim=0, keepdim=True).expand(n_query, -1).clone()
+        for name, tensor in mine.items():  # the discriminator's output layer: one output per query slice
+            if state[name].shape != tensor.shape:
+                state[name] = tensor
+        model.module.load_state_dict(state)
+        trainable = {"slice_embedding.weight", "slice_gene_effect"} | (
+            {"factor_slice_bias"} if model.params["cross_technology"] else set()
+        )
+        for name, parameter in model.module.named_parameters():
+            parameter.requires_grad_(name in trainable)
+        model.module = model.module.to(model.device)
         return model
 
     @classmethod
@@ -582,6 +707,7 @@ class InspireModel:
         model._genes, model._slice_names, model._axes = genes, slices, axes
         model._reference = {**reference, "mask": mask.astype(int).tolist()}
         model.world = World()
+        model.mapped_onto = meta.get("mapped_onto")
         anchor = None
         if model.params["anchored"]:  # shapes only: the values come with the weights
             n_base = int(reference["n_base"])  # the anchored block, the most smoothed, is the last

@@ -7,5 +7,6 @@ from sd_inspire.tl._align import align
 from sd_inspire.tl._domains import domains
 from sd_inspire.tl._impute import impute
 from sd_inspire.tl._integrate import integrate
+from sd_inspire.tl._map import map_query
 
-__all__ = ["align", "domains", "impute", "integrate", "metrics"]
+__all__ = ["align", "domains", "impute", "integrate", "map_query", "metrics"]

@@ -271,8 +271,11 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
         "seed": meta["seed"],
         "n_models": len(ensemble.match) + 1,
         "values": "counts" if model.data.values_are_counts else "normalised",
-        "reference_id": model.reference_id,
+        # a query mapped onto a reference carries the reference's identity: results in the same space share it
+        "reference_id": model.mapped_onto["reference_id"] if model.mapped_onto else model.reference_id,
     }
+    if model.mapped_onto:
+        adata.uns[key_added]["reference_slices"] = np.asarray(model.mapped_onto["slices"], dtype=object)
     written = [
         ("obsm", f"X_{key_added}"),
         ("obsm", f"{key_added}_factors"),
