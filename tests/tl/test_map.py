@@ -102,7 +102,12 @@ def test_query_with_missing_and_extra_genes(sim, reference, caplog):
 
 def test_cross_technology_query(tmp_path):
     adata = si.datasets.simulate(
-        3, n_spots=150, n_genes=100, technology=["visium", "visium", "merfish"], panel_size=50, random_state=2,
+        3,
+        n_spots=150,
+        n_genes=100,
+        technology=["visium", "visium", "merfish"],
+        panel_size=50,
+        random_state=2,
         output="anndata",
     )
     panel = adata[adata.obs["slice"] == "slice2"].copy()

@@ -8,5 +8,6 @@ from sd_inspire.tl._domains import domains
 from sd_inspire.tl._impute import impute
 from sd_inspire.tl._integrate import integrate
 from sd_inspire.tl._map import map_query
+from sd_inspire.tl._transfer import transfer_labels
 
-__all__ = ["align", "domains", "impute", "integrate", "map_query", "metrics"]
+__all__ = ["align", "domains", "impute", "integrate", "map_query", "metrics", "transfer_labels"]
