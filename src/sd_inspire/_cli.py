@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mapper.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
     mapper.add_argument(
-        "--max-steps", type=int, metavar="N", help="training steps of the new slices' parameters (default: 200-1000)"
+        "--max-steps", type=int, metavar="N", help="training steps of the new slices' parameters (default: 100-1000)"
     )
     mapper.add_argument("--batch-size", type=int, default=1024, metavar="N", help="spots per minibatch (default: 1024)")
     mapper.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

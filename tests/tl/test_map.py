@@ -149,3 +149,21 @@ def test_bad_inputs(sim, reference, tmp_path):
     untrained = InspireModel(sim, n_factors=4)
     with pytest.raises(RuntimeError, match="not trained"):
         si.tl.map_query(_query(sim), untrained, show_progress_bar=False)
+
+
+def test_query_gene_effects_start_at_the_observed_counts(sim, reference):
+    # a gene 8x more abundant in the query (another chemistry, say) starts with an effect log(8) higher: the
+    # reference slices' mean would take thousands of gradient steps to get there
+    _, folder = reference
+    ref_model = InspireModel.load(folder)
+    query = _query(sim)
+    plain = InspireModel.load_query_data(query, ref_model).module.slice_gene_effect.detach().numpy()[0]
+    gene = ref_model.genes[3]
+    scaled = query.copy()
+    counts = scaled.layers["counts"].tolil()
+    column = scaled.var_names.get_loc(gene)
+    counts[:, column] = counts[:, column].multiply(8)
+    scaled.layers["counts"] = counts.tocsr()
+    shifted = InspireModel.load_query_data(scaled, ref_model).module.slice_gene_effect.detach().numpy()[0]
+    others = np.delete(shifted - plain, 3)
+    assert (shifted - plain)[3] - np.median(others) == pytest.approx(np.log(8), abs=0.25)

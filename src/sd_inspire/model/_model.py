@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from scipy import sparse
 
+from sd_inspire._chunks import row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
 from sd_inspire._utils import random_generator, values_are_counts
 from sd_inspire._validate import check_integer, check_number
-from sd_inspire.model._data import prepare, principal_axes
+from sd_inspire.model._data import _slice_indicator, prepare, principal_axes
 from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input
@@ -289,7 +291,7 @@ class InspireModel:
         per_slice = max(1, batch_size // n_slices)
         largest = int(np.bincount(self.data.slices).max())
         if max_steps is None and self.mapped_onto is not None:  # a query: only its slices' parameters are learnt
-            max_steps = int(np.clip(math.ceil(10 * largest / per_slice), 200, 1000))
+            max_steps = int(np.clip(math.ceil(10 * largest / per_slice), 100, 1000))
         elif max_steps is None:
             max_steps = int(np.clip(math.ceil(40 * largest / per_slice), 600, 3000))
         weights = LossWeights()
@@ -673,7 +675,48 @@ class InspireModel:
         for name, parameter in model.module.named_parameters():
             parameter.requires_grad_(name in trainable)
         model.module = model.module.to(model.device)
+        model._match_query_effects()
         return model
+
+    @torch.inference_mode()
+    def _match_query_effects(self, n_iter: int = 20, chunk_size: int = 8192, pseudo: float = 0.5) -> None:
+        """Start a query's gene effects where its expected counts per gene match the observed ones.
+
+        With the encoder, factor head and programs frozen, each query slice's factors are fixed, and its gene
+        effects ``γ_s`` only rescale genes: a few multiplicative updates ``γ_sg += log((x_sg + c) / (μ_sg + c))``
+        (``x_sg`` the slice's counts on gene ``g``, ``μ_sg`` those the model expects, ``c = 0.5``) bring them
+        close to their optimum, where gradient steps from the reference slices' mean would need thousands of steps
+        (a new technology's effects span orders of magnitude).
+        """
+        data, module = self.data, self.module
+        was_training = module.training
+        module.eval()
+        n_slices = len(data.slice_names)
+        observed = np.zeros((n_slices, len(data.genes)))
+        for start, stop, block in row_blocks(data.counts, chunk_size):
+            observed += _slice_indicator(data.slices[start:stop], n_slices) @ sparse.csr_matrix(block)
+        features = torch.as_tensor(data.features, device=self.device)
+        betas = []
+        for start in range(0, data.n_obs, chunk_size):
+            idx = torch.as_tensor(np.arange(start, min(start + chunk_size, data.n_obs)), device=self.device)
+            beta = module.factors(module.encode(features[idx]), torch.as_tensor(data.slices, device=self.device)[idx])
+            betas.append(beta.cpu().numpy().astype(np.float64))
+        beta = np.vstack(betas)  # spots x factors
+        programs = module.loadings().cpu().numpy().astype(np.float64)
+        gamma = module.slice_gene_effect.detach().cpu().numpy().astype(np.float64)
+        mask = data.mask.astype(np.float64)
+        for _ in range(n_iter):
+            expected = np.zeros_like(observed)
+            weights = np.exp(gamma) * mask  # S x G
+            for start in range(0, data.n_obs, chunk_size):
+                stop = min(start + chunk_size, data.n_obs)
+                codes = data.slices[start:stop]
+                q = (beta[start:stop] @ programs) * weights[codes]
+                share = data.library[start:stop, None] * q / q.sum(axis=1, keepdims=True)
+                expected += _slice_indicator(codes, n_slices) @ share
+            gamma += np.where(mask > 0, np.log((observed + pseudo) / (expected + pseudo)), 0.0)
+        module.slice_gene_effect.copy_(torch.as_tensor(gamma, dtype=torch.float32))
+        module.train(was_training)
 
     @classmethod
     def _detached(cls, folder: Path, meta: dict[str, Any], device: str | torch.device) -> InspireModel:

@@ -67,7 +67,7 @@ def map_query(
     %(slice_key)s ``None`` for a single slice.
     %(table_key)s
     max_steps
-        Training steps of the query's parameters; ``None``: from the query's size (200 to 1,000).
+        Training steps of the query's parameters; ``None``: from the query's size (100 to 1,000).
     batch_size
         Spots per minibatch.
     uncertainty
