@@ -35,6 +35,8 @@ def read_zarr(
     function of sd-inspire streams over such a table chunk by chunk, so memory stays bounded by the per-spot
     vectors (coordinates, graph, latent space) instead of the counts. Results written by
     :func:`sd_inspire.tl.integrate` go into the store element by element; the matrices on disk are never rewritten.
+    What a write killed midway left in the store (its hidden ``.sd-inspire`` staging folder) is removed first, with
+    a warning; every element is then as it was before or after that write.
 
     Parameters
     ----------
