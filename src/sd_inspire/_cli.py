@@ -382,18 +382,13 @@ def _slice_name(path: Path) -> str:
 
 
 def _integrate(args: argparse.Namespace) -> int:
-    for option in ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    _check_options(args, ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models"))
     if args.n_components is not None and not args.n_domains:
         _usage(args, "--n-components needs --n-domains")
     if args.n_components is not None and args.n_components < args.n_domains:
         raise CLIError(f"--n-components must be at least --n-domains ({args.n_domains}), got {args.n_components}")
     if args.n_hops < 0:
         raise CLIError(f"--n-hops must be an integer >= 0, got {args.n_hops}")
-    if not _DEVICE.fullmatch(args.device):
-        raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     for store in args.stores:
         _require_exists(store)
     resolved = [Path(store).resolve() for store in args.stores]
@@ -450,13 +445,18 @@ def _integrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _map(args: argparse.Namespace) -> int:
-    for option in ("max_steps", "batch_size"):
+def _check_options(args: argparse.Namespace, positive: Sequence[str]) -> None:
+    """Refuse a non-positive value of the integer options ``positive`` and a ``--device`` that names no device."""
+    for option in positive:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     if not _DEVICE.fullmatch(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _map(args: argparse.Namespace) -> int:
+    _check_options(args, ("max_steps", "batch_size"))
     for store in [*args.stores, args.model]:
         _require_exists(store)
     _check_output(args.output, overwrite=args.overwrite)

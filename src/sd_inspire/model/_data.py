@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, sparse
 
-from sd_inspire._chunks import chunk_edges, is_lazy, map_row_blocks, matmul_rows, read_rows
+from sd_inspire._chunks import chunk_edges, is_lazy, map_row_blocks, matmul_rows, read_rows, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._utils import get_slices, measured_mask, values_are_counts
 from sd_inspire.gr._propagate import normalized_adjacency
@@ -145,13 +145,8 @@ def prepare(
     y /= scale  # unit scale on the first component
 
     graph = sparse.csr_matrix(adata.obsp[connectivity_key])
-    a_hat = normalized_adjacency(graph)
-    blocks, cur = [y], y
-    for _ in range(n_hops):
-        cur = matmul_rows(a_hat, cur, chunk_size)
-        blocks.append(cur)
     return ModelData(
-        features=np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
+        features=_propagated(y, graph, n_hops, chunk_size),
         counts=counts,
         library=library,
         saturated=saturated,
@@ -246,13 +241,33 @@ def pearson_pca(
     the variance of the first axis and the axes (genes x components).
     """
     n_slices = gene_totals.shape[0]
+    args, step = _residual_standardisation(counts, gene_totals, codes, columns, chunk_size, theta)
+    p = columns.size
+    gram = np.zeros((p, p))
+    for _, _, block_gram in map_row_blocks(counts, _block_residual_gram, rows=(codes,), args=args, chunk_size=step):
+        gram += block_gram
+    cov = gram / max(codes.size - n_slices, 1)
+    values, vectors = _top_axes(cov, n_comp)
+    y = _residual_projection(counts, codes, args, vectors, step)
+    return y, float(values[0]), vectors.astype(np.float32)
+
+
+def _residual_standardisation(
+    counts: Any, gene_totals: np.ndarray, codes: np.ndarray, columns: np.ndarray, chunk_size: int, theta: float
+) -> tuple[tuple, int]:
+    """What standardises the Pearson residuals of ``counts[:, columns]`` within each slice (one pass: moments).
+
+    Returns the ``args`` of :func:`_standardised_residuals` (the residuals' own, then each slice's means and
+    inverse standard deviations per gene) and the rows per block (residuals are dense: a few copies of ``step x p``
+    float64 at a time). See :func:`pearson_pca`.
+    """
+    n_slices = gene_totals.shape[0]
     totals = gene_totals[:, columns]
     share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
     sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
     args = (columns, share, np.sqrt(sizes), theta)
-    step = min(chunk_size, _GRAM_CHUNK)  # residuals are dense: a few copies of step x p float64 at a time
-    p = columns.size
-    sums, squares = np.zeros((n_slices, p)), np.zeros((n_slices, p))
+    step = min(chunk_size, _GRAM_CHUNK)
+    sums, squares = np.zeros((n_slices, columns.size)), np.zeros((n_slices, columns.size))
     for _, _, (block_sums, block_squares) in map_row_blocks(
         counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
     ):
@@ -261,19 +276,38 @@ def pearson_pca(
     means = sums / np.maximum(sizes, 1)[:, None]
     sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
     inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
-    gram = np.zeros((p, p))
-    for _, _, block_gram in map_row_blocks(
-        counts, _block_residual_gram, rows=(codes,), args=(*args, means, inv_sd), chunk_size=step
-    ):
-        gram += block_gram
-    cov = gram / max(codes.size - n_slices, 1)
-    values, vectors = _top_axes(cov, n_comp)
-    y = np.empty((codes.size, n_comp), dtype=np.float32)
+    return (*args, means, inv_sd), step
+
+
+def _residual_projection(counts: Any, codes: np.ndarray, args: tuple, axes: np.ndarray, step: int) -> np.ndarray:
+    """The standardised residuals (``args`` of :func:`_residual_standardisation`) projected on ``axes``."""
+    y = np.empty((codes.size, axes.shape[1]), dtype=np.float32)
     for start, stop, block_y in map_row_blocks(
-        counts, _block_residual_projection, rows=(codes,), args=(*args, means, inv_sd, vectors), chunk_size=step
+        counts, _block_residual_projection, rows=(codes,), args=(*args, axes), chunk_size=step
     ):
         y[start:stop] = block_y
-    return y, float(values[0]), vectors.astype(np.float32)
+    return y
+
+
+def _propagated(y: np.ndarray, graph: sparse.csr_matrix, n_hops: int, chunk_size: int) -> np.ndarray:
+    """The encoder's input ``[Y, ÂY, ..., Â^k Y]`` (float32, contiguous) over the normalised ``graph``."""
+    a_hat = normalized_adjacency(graph)
+    blocks, cur = [y], y
+    for _ in range(n_hops):
+        cur = matmul_rows(a_hat, cur, chunk_size)
+        blocks.append(cur)
+    return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+
+
+def _placed_columns(x: Any, where: np.ndarray, chunk_size: int) -> sparse.csr_matrix:
+    """CSR ``n x len(where)``: column ``j`` holds ``x[:, where[j]]``, or zeros where ``where[j] < 0`` (read in blocks)."""
+    present = where >= 0
+    place = sparse.csr_matrix(
+        (np.ones(int(present.sum()), dtype=np.float32), (where[present], np.flatnonzero(present))),
+        shape=(x.shape[1], where.size),
+    )
+    blocks = [sparse.csr_matrix(block, dtype=np.float32) @ place for _, _, block in row_blocks(x, chunk_size)]
+    return sparse.csr_matrix(sparse.vstack(blocks), dtype=np.float32)
 
 
 def _residuals(
@@ -712,12 +746,7 @@ def prepare_query(
             f"The query shares {int(present.sum())} of the model's {len(genes)} genes; at least two are needed (are "
             "the gene names of the same kind, e.g. symbols in both, not symbols in one and Ensembl ids in the other?)."
         )
-    select = sparse.csr_matrix(
-        (np.ones(int(present.sum()), dtype=np.float32), (where[present], np.flatnonzero(present))),
-        shape=(adata.n_vars, len(genes)),
-    )
-    counts = sparse.vstack([sparse.csr_matrix(block, dtype=np.float32) @ select for _, _, block in _blocks(layer)])
-    counts = sparse.csr_matrix(counts, dtype=np.float32)
+    counts = _placed_columns(layer, where, chunk_size)
     measured = measured_mask(adata, labels).to_numpy(dtype=bool)  # query genes x slices
     mask = np.zeros((len(slice_names), len(genes)), dtype=bool)
     mask[:, present] = measured[where[present]].T
@@ -743,35 +772,10 @@ def prepare_query(
             "are needed to place its spots in the model's input space."
         )
     if reduction.kind == "pearson":
-        totals = gene_totals[:, columns]
-        share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
-        sizes = np.bincount(codes, minlength=len(slice_names)).astype(np.float64)
-        args = (columns, share, np.sqrt(sizes), PEARSON_THETA)
-        sums, squares = np.zeros((len(slice_names), columns.size)), np.zeros((len(slice_names), columns.size))
-        step = min(chunk_size, _GRAM_CHUNK)
-        for _, _, (s1, s2) in map_row_blocks(
-            counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
-        ):
-            sums += s1
-            squares += s2
-        means = sums / np.maximum(sizes, 1)[:, None]
-        sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
-        inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
-        y = np.empty((codes.size, reduction.axes.shape[1]), dtype=np.float32)
-        projection_args = (*args, means, inv_sd, reduction.axes.astype(np.float64))
-        for start, stop, block_y in map_row_blocks(
-            counts, _block_residual_projection, rows=(codes,), args=projection_args, chunk_size=step
-        ):
-            y[start:stop] = block_y
+        args, step = _residual_standardisation(counts, gene_totals, codes, columns, chunk_size, PEARSON_THETA)
+        y = _residual_projection(counts, codes, args, reduction.axes.astype(np.float64), step)
     else:
-        x_where = adata.var_names.get_indexer(feature_genes)
-        keep = x_where >= 0
-        place = sparse.csr_matrix(
-            (np.ones(int(keep.sum()), dtype=np.float32), (x_where[keep], np.flatnonzero(keep))),
-            shape=(adata.n_vars, len(feature_genes)),
-        )
-        x = sparse.vstack([sparse.csr_matrix(block, dtype=np.float32) @ place for _, _, block in _blocks(adata.X)])
-        x = sparse.csr_matrix(x)
+        x = _placed_columns(adata.X, adata.var_names.get_indexer(feature_genes), chunk_size)
         y = matmul_rows(x, reduction.axes, chunk_size)
         y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]  # centred per slice
     y /= reduction.scale
@@ -779,13 +783,8 @@ def prepare_query(
     if connectivity_key not in adata.obsp:
         raise KeyError(f"No graph `adata.obsp[{connectivity_key!r}]`: run `sd_inspire.gr.spatial_neighbors` first.")
     graph = sparse.csr_matrix(adata.obsp[connectivity_key])
-    a_hat = normalized_adjacency(graph)
-    blocks, cur = [y], y
-    for _ in range(n_hops):
-        cur = matmul_rows(a_hat, cur, chunk_size)
-        blocks.append(cur)
     return ModelData(
-        features=np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
+        features=_propagated(y, graph, n_hops, chunk_size),
         counts=counts,
         library=library,
         saturated=saturated,
@@ -798,11 +797,10 @@ def prepare_query(
         n_base=y.shape[1],
         values_are_counts=bool(counts_given),
         reduction=reduction,
-        extra={"genes_present": int(present.sum()), "feature_genes_present": n_features_present},
+        # the query slices' counts per gene: where its gene effects start (InspireModel._match_query_effects)
+        extra={
+            "genes_present": int(present.sum()),
+            "feature_genes_present": n_features_present,
+            "gene_totals": gene_totals,
+        },
     )
-
-
-def _blocks(x: Any) -> Iterator[tuple[int, int, Any]]:
-    from sd_inspire._chunks import row_blocks
-
-    return row_blocks(x, 20_000) if is_lazy(x) else iter([(0, x.shape[0], x)])

@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from scipy import sparse
 
-from sd_inspire._chunks import row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
 from sd_inspire._utils import random_generator, values_are_counts
@@ -692,9 +690,7 @@ class InspireModel:
         was_training = module.training
         module.eval()
         n_slices = len(data.slice_names)
-        observed = np.zeros((n_slices, len(data.genes)))
-        for start, stop, block in row_blocks(data.counts, chunk_size):
-            observed += _slice_indicator(data.slices[start:stop], n_slices) @ sparse.csr_matrix(block)
+        observed = data.extra["gene_totals"]  # slices x genes, counted by prepare_query
         features = torch.as_tensor(data.features, device=self.device)
         betas = []
         for start in range(0, data.n_obs, chunk_size):
