@@ -227,3 +227,8 @@ def median_neighbour_distance(coords: np.ndarray) -> float | None:
     dist, _ = cKDTree(coords[:, :2]).query(coords[:, :2], k=2)
     nn = dist[:, 1][dist[:, 1] > 0]
     return float(np.median(nn)) if nn.size else None
+
+
+def factor_label(k: int) -> str:
+    """Name of factor ``k`` wherever factors are named: the SpatialData factor table, plots, result tables."""
+    return f"factor_{k}"

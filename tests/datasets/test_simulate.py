@@ -165,3 +165,29 @@ def test_million_spots_fast_and_light():
     assert adata.n_obs == 1_000_000
     assert elapsed < 300
     assert peak < 8e9
+
+
+def test_abundance_change_makes_a_cell_type_more_abundant_in_chosen_slices():
+    kwargs = {"n_spots": 400, "n_genes": 200, "random_state": 3, "output": "anndata"}
+    plain = si.datasets.simulate(4, **kwargs)
+    changed = si.datasets.simulate(4, abundance_change={2: {"CT1": 3.0}, 3: {"CT1": 3.0}}, **kwargs)
+    share = {
+        name: {s: a.obsm["true_proportions"][(a.obs["slice"] == s).to_numpy(), 1].mean() for s in ["slice0", "slice2"]}
+        for name, a in (("plain", plain), ("changed", changed))
+    }
+    assert share["changed"]["slice0"] == share["plain"]["slice0"]  # untouched slices are the same draws
+    assert share["changed"]["slice2"] > 1.2 * share["plain"]["slice2"]
+    np.testing.assert_allclose(changed.obsm["true_proportions"].sum(axis=1), 1.0, rtol=1e-5)
+    assert changed.uns["simulation"]["params"]["abundance_change"] == {
+        "slice2": {"CT1": 3.0},
+        "slice3": {"CT1": 3.0},
+    }
+    for bad, message in (
+        ({7: {"CT1": 2.0}}, "slice indices 0..3"),
+        ({0: {"CT9": 2.0}}, "unknown cell type 'CT9'"),
+        ({0: {"CT1": 0.0}}, "positive and finite"),
+        ({0: {"CT1": "x"}}, "must be a number"),
+        ([2.0], "must map slice indices"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            si.datasets.simulate(4, abundance_change=bad, **kwargs)

@@ -420,3 +420,48 @@ def test_image(name, adata, tmp_path):
         pytest.fail(f"no baseline {expected}; write it with SD_INSPIRE_UPDATE_BASELINES=1 (see the module docstring)")
     diff = compare_images(str(expected), str(actual), tol=TOLERANCE)
     assert diff is None, diff
+
+
+def test_loadings_titles_name_near_duplicate_factors(adata):
+    adata.uns["inspire"] = {
+        "redundant_factors": pd.DataFrame(
+            {
+                "factor": ["factor_0"],
+                "similar_to": ["factor_2"],
+                "program_similarity": [0.97],
+                "usage_correlation": [0.6],
+            }
+        )
+    }
+    fig = si.pl.loadings(adata, n_top=2)
+    assert [ax.get_title() for ax in fig.axes] == ["factor_0\n≈ factor_2", "factor_1", "factor_2\n≈ factor_0"]
+
+
+# --- differential factors
+
+
+def test_differential_factors_points_are_the_samples_usage():
+    rng = np.random.default_rng(1)
+    n, samples = 40, [f"s{i}" for i in range(6)]
+    adata = AnnData(np.zeros((n * 6, 1), dtype=np.float32))
+    adata.obs["sample"] = np.repeat(samples, n)
+    adata.obs["condition"] = np.repeat(["ctrl"] * 3 + ["case"] * 3, n)
+    adata.obsm["inspire_factors"] = rng.dirichlet(np.ones(3), n * 6)
+    si.tl.differential_factors(adata, condition_key="condition", sample_key="sample", reference="ctrl")
+    usage = adata.uns["inspire_differential"]["usage"]
+    results = adata.uns["inspire_differential"]["results"]
+    fig = si.pl.differential_factors(adata, n_top=2)
+    assert len(fig.axes) == 2
+    for ax, name in zip(fig.axes, results["factor"][:2], strict=True):
+        assert ax.get_title().startswith(f"{name}\nadj. p = ")
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["case", "ctrl"]  # the categories' (sorted) order
+        points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if c.get_offsets().shape[0] == 3])
+        np.testing.assert_allclose(np.sort(points), np.sort(usage[name].to_numpy()))
+    assert [ax.get_title().split("\n")[0] for ax in si.pl.differential_factors(adata, [2, 0]).axes] == [
+        "factor_2",
+        "factor_0",
+    ]
+    with pytest.raises(KeyError, match=r"uns\['x'\].*tl.differential_factors"):
+        si.pl.differential_factors(adata, key="x")
+    with pytest.raises(ValueError, match="out of range"):
+        si.pl.differential_factors(adata, [5])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import spatialdata
 from spatialdata.models import PointsModel
@@ -33,6 +34,10 @@ def test_integrate_spatialdata_writes_every_key():
     assert uns["slice_gene_effects"].shape == (2, in_model.sum())
     assert len(uns["history"]["loss"]) == 15
     assert "torch" in uns["versions"]
+    redundant = uns["redundant_factors"]
+    assert list(redundant.columns) == ["factor", "similar_to", "program_similarity", "usage_correlation"]
+    expected = si.tl.metrics.redundant_factors(loadings[in_model], beta)
+    pd.testing.assert_frame_equal(redundant, expected)
     factors = sdata.tables["inspire_factors"]
     assert factors.var_names.tolist() == ["factor_0", "factor_1", "factor_2", "factor_3"]
     np.testing.assert_array_equal(factors.X, beta)

@@ -167,3 +167,51 @@ def test_query_gene_effects_start_at_the_observed_counts(sim, reference):
     shifted = InspireModel.load_query_data(scaled, ref_model).module.slice_gene_effect.detach().numpy()[0]
     others = np.delete(shifted - plain, 3)
     assert (shifted - plain)[3] - np.median(others) == pytest.approx(np.log(8), abs=0.25)
+
+
+def test_query_input_takes_the_reference_spread(sim, reference, tmp_path):
+    # a query whose input is 3x noisier/larger than the reference's (another technology, say) is rescaled, column by
+    # column within each slice, to the reference's spread before the frozen encoder sees it
+    from sd_inspire.model._data import within_slice_sd
+
+    _, folder = reference
+    ref_model = InspireModel.load(folder)
+    target = np.asarray(ref_model._reference_info()["input_sd"])
+    assert target.shape == (ref_model._reference_info()["n_input"],)
+    assert (target > 0).all()
+    two = sim[sim.obs["slice"] != "slice0"].copy()  # two query slices, matched each on its own
+    matched = InspireModel.load_query_data(two, ref_model)
+    data = matched.data
+    for k in range(len(data.slice_names)):
+        rows = data.slices == k
+        sd = within_slice_sd(data.features[rows], np.zeros(int(rows.sum()), dtype=np.int64), 1)
+        np.testing.assert_allclose(sd, target, rtol=1e-4)
+    plain = InspireModel.load_query_data(two, ref_model, match_input_scale=False)
+    assert not np.allclose(plain.data.features, data.features)
+    # a model folder without the record warns and maps the query unchanged
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("model.pt", "reduction.npy"):
+        (old / name).write_bytes((folder / name).read_bytes())
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["reference"]["input_sd"]
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="no record of its input's spread"):
+        unmatched = InspireModel.load_query_data(two, old)
+    np.testing.assert_array_equal(unmatched.data.features, plain.data.features)
+
+
+def test_within_slice_sd_pools_the_slices():
+    from sd_inspire.model._data import match_input_scale, within_slice_sd
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(5, 1, (400, 2)), rng.normal(-5, 3, (400, 2))])
+    codes = np.repeat([0, 1], 400)
+    sd = within_slice_sd(x, codes, 2)
+    np.testing.assert_allclose(sd, np.sqrt((1 + 9) / 2), rtol=0.1)  # the slice means do not count
+    y = x.copy()
+    factors = match_input_scale(y, codes, 2, np.array([2.0, 0.5]))
+    assert factors.shape == (2, 2)
+    np.testing.assert_allclose(y[codes == 1].std(axis=0, ddof=1), [2.0, 0.5], rtol=1e-6)
+    constant = np.ones((10, 1))
+    assert match_input_scale(constant, np.zeros(10, dtype=np.int64), 1, np.array([3.0]))[0, 0] == 1.0

@@ -66,6 +66,7 @@ def simulate(
     geometry: Literal["layers", "islands", "gradient"] = "layers",
     coverage: float | Sequence[float] = 1.0,
     missing_domains: Sequence[Sequence[str] | str] | Mapping[int, Sequence[str] | str] | None = None,
+    abundance_change: Mapping[int, Mapping[str, float]] | None = None,
     output: Literal["spatialdata", "anndata", "slices"] = "spatialdata",
     path: str | Path | None = None,
     random_state: int | np.random.Generator | None = 0,
@@ -80,7 +81,8 @@ def simulate(
     a targeted gene panel is measured. Each slice multiplies every gene by its own log-normal batch effect.
     Counts are negative binomial around ``library size x sum_t proportion_t x profile_t x batch effect``.
     Slices may cover only part of the tissue (``coverage``) or lack some domains (``missing_domains``), as partial
-    or damaged sections do.
+    or damaged sections do. Some slices may hold more or fewer cells of some types (``abundance_change``), as samples
+    of another condition (disease, treatment) do.
 
     Generation works in row chunks and stays linear in the number of spots. With ``path``, each slice is written to
     disk as soon as it is simulated and the combined SpatialData is written to ``path`` chunk by chunk, so memory
@@ -134,6 +136,10 @@ def simulate(
         spots whose centre lies in those domains are dropped from that slice (a hole or a missing layer), so
         ``n_spots`` is then an upper bound; the spots that remain keep their cells, some of which may come from a
         dropped domain's edge. A slice must keep at least one spot.
+    abundance_change
+        Mapping slice index -> {cell type: fold change}: in those slices, each domain's share of the cell type is
+        multiplied by the fold change (the composition then renormalised), so the cell type is more (or less)
+        abundant everywhere, as in samples of another condition. E.g. ``{3: {"CT2": 2.0}, 4: {"CT2": 2.0}}``.
     output
         ``"spatialdata"``: one SpatialData as from :func:`sd_inspire.pp.concat`; ``"anndata"``: its table only;
         ``"slices"``: a dict slice name -> SpatialData, one per slice, to combine with
@@ -156,7 +162,9 @@ def simulate(
     - ``uns["simulation"]``: the ground truth: ``cell_types``, ``domains``, ``compositions`` (domain x cell type),
       ``profiles`` (cell type x gene, rows sum to 1), ``slice_effects`` (slice x gene multiplicative factors),
       ``marker_genes`` (cell type -> genes) and the parameters (``params``: with ``geometry``, ``coverage`` per
-      slice and ``missing_domains`` as slice name -> domains, for the slices that lack some).
+      slice, ``missing_domains`` as slice name -> domains, for the slices that lack some, and
+      ``abundance_change`` as slice name -> {cell type: fold change}); ``compositions`` are the tissue's, before any
+      ``abundance_change``.
 
     Examples
     --------
@@ -191,6 +199,7 @@ def simulate(
         raise ValueError(f"`geometry` must be 'layers', 'islands' or 'gradient', got {geometry!r}.")
     coverages = _coverages(coverage, n_slices)
     missing = _missing_domains(missing_domains, n_slices, [f"D{k}" for k in range(n_domains)])
+    changes = _abundance_changes(abundance_change, n_slices, [f"CT{k}" for k in range(n_cell_types)])
     if output not in ("spatialdata", "anndata", "slices"):
         raise ValueError(f"`output` must be 'spatialdata', 'anndata' or 'slices', got {output!r}.")
     if path is not None:
@@ -228,6 +237,7 @@ def simulate(
                     Technology(techs[s]),
                     coverage=coverages[s],
                     missing=missing[s],
+                    abundance=changes[s],
                 )
                 if parts is not None:  # to disk now: memory holds one slice
                     tables[name] = _spill(tables[name], parts / f"{name}.zarr")
@@ -258,6 +268,7 @@ def simulate(
                 "geometry": geometry,
                 "coverage": coverages,
                 "missing_domains": {f"slice{s}": m for s, m in enumerate(missing) if m},
+                "abundance_change": {f"slice{s}": c for s, c in enumerate(changes) if c},
                 "random_state": random_state if isinstance(random_state, int) else None,
             },
         }
@@ -318,6 +329,35 @@ def _coverages(coverage, n_slices: int) -> list[float]:
         if not 0 < c <= 1:  # also rejects NaN
             raise ValueError(f"`coverage` must be in (0, 1] (a fraction of the tissue's height), got {v!r}.")
         out.append(c)
+    return out
+
+
+def _abundance_changes(abundance_change, n_slices: int, cell_types: list[str]) -> list[dict[str, float]]:
+    """``abundance_change`` as one dict cell type -> positive, finite fold change per slice."""
+    out: list[dict[str, float]] = [{} for _ in range(n_slices)]
+    if abundance_change is None:
+        return out
+    if not isinstance(abundance_change, Mapping):
+        raise ValueError(
+            f"`abundance_change` must map slice indices to {{cell type: fold change}}, got {abundance_change!r}."
+        )
+    for key, folds in abundance_change.items():
+        if isinstance(key, bool) or not isinstance(key, int | np.integer) or not 0 <= key < n_slices:
+            raise ValueError(f"`abundance_change` keys must be slice indices 0..{n_slices - 1}, got {key!r}.")
+        if not isinstance(folds, Mapping):
+            raise ValueError(f"`abundance_change[{key}]` must map cell types to fold changes, got {folds!r}.")
+        for name, fold in folds.items():
+            if name not in cell_types:
+                raise ValueError(
+                    f"`abundance_change[{key}]`: unknown cell type {name!r}; the cell types are {cell_types}."
+                )
+            try:
+                value = float(fold)
+            except (TypeError, ValueError):
+                raise ValueError(f"`abundance_change[{key}][{name!r}]` must be a number, got {fold!r}.") from None
+            if not 0 < value < np.inf:
+                raise ValueError(f"`abundance_change[{key}][{name!r}]` must be positive and finite, got {fold!r}.")
+            out[int(key)][str(name)] = value
     return out
 
 
@@ -540,6 +580,7 @@ def _simulate_slice(
     *,
     coverage: float = 1.0,
     missing: Sequence[str] = (),
+    abundance: Mapping[str, float] | None = None,
 ) -> AnnData:
     n_types = len(truth["cell_types"])
     n_domains = len(truth["domains"])
@@ -576,7 +617,12 @@ def _simulate_slice(
     r = preset.radius * np.sqrt(rng.uniform(0, 1, owner.size))
     theta = rng.uniform(0, 2 * np.pi, owner.size)
     cell_xy = coords[owner] + np.column_stack([r * np.cos(theta), r * np.sin(theta)])
-    cum = np.cumsum(truth["compositions"], axis=1)
+    compositions = np.asarray(truth["compositions"], dtype=np.float64)
+    if abundance:  # another condition: some cell types more (or less) abundant in every domain
+        fold = np.array([abundance.get(ct, 1.0) for ct in truth["cell_types"]])
+        compositions = compositions * fold
+        compositions /= compositions.sum(axis=1, keepdims=True)
+    cum = np.cumsum(compositions, axis=1)
     if geometry == "gradient":  # soft boundaries: compositions blend along the gradient
         cell_cum = _blended_cumulative(_gradient_position(unit(cell_xy), pattern, s), cum)
     else:

@@ -348,6 +348,35 @@ def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *arg
     return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
 
 
+def within_slice_sd(features: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
+    """Standard deviation of each column of ``features`` around its slice's mean, pooled over the slices."""
+    indicator = _slice_indicator(codes, n_slices)
+    sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
+    x = np.asarray(features, dtype=np.float64)
+    means = (indicator @ x) / np.maximum(sizes, 1)[:, None]
+    squares = indicator @ (x * x)
+    within = squares - sizes[:, None] * means**2  # sum over slices of the squared deviations from the slice mean
+    return np.sqrt(np.clip(within.sum(axis=0), 0.0, None) / max(codes.size - n_slices, 1))
+
+
+def match_input_scale(features: np.ndarray, codes: np.ndarray, n_slices: int, target_sd: np.ndarray) -> np.ndarray:
+    """Per-slice factors that give each column of ``features`` (in place) the spread ``target_sd`` within each slice.
+
+    The encoder's input of a new slice is rescaled, column by column, to the spread the reference's input had
+    (adaptive normalisation of a frozen network's input, as AdaBN does for its normalisation layers): a technology
+    with more noise per spot, or a panel that keeps less of the signal, otherwise feeds the frozen encoder inputs
+    of another scale than those it was trained on. Columns without spread in a slice are left alone. Returns the
+    factors (slices x columns).
+    """
+    factors = np.ones((n_slices, features.shape[1]))
+    for k in range(n_slices):
+        rows = codes == k
+        sd = within_slice_sd(features[rows], np.zeros(int(rows.sum()), dtype=np.int64), 1)
+        factors[k] = np.divide(target_sd, sd, out=np.ones_like(sd), where=sd > 1e-8)
+        features[rows] *= factors[k].astype(features.dtype)
+    return factors
+
+
 def _slice_indicator(codes: np.ndarray, n_slices: int) -> sparse.csr_matrix:
     """Sparse slices x rows indicator: ``indicator @ rows`` sums the rows of each slice."""
     return sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, codes.size))

@@ -16,7 +16,7 @@ from sd_inspire._constants import Key
 from sd_inspire._logging import logger
 from sd_inspire._utils import random_generator, values_are_counts
 from sd_inspire._validate import check_integer, check_number
-from sd_inspire.model._data import _slice_indicator, prepare, principal_axes
+from sd_inspire.model._data import _slice_indicator, prepare, principal_axes, within_slice_sd
 from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input
@@ -437,6 +437,8 @@ class InspireModel:
             "mask": self.data.mask.astype(int).tolist(),
             "values_are_counts": bool(self.data.values_are_counts),
             "reduction_scale": None if reduction is None else float(reduction.scale),
+            # the input's spread, matched by new slices (load_query_data)
+            "input_sd": within_slice_sd(self.data.features, self.data.slices, len(self.data.slice_names)).tolist(),
         }
 
     @property
@@ -573,13 +575,15 @@ class InspireModel:
         slice_key: str | None = Key.SLICE,
         random_state: int | None = 0,
         device: str | torch.device = "auto",
+        match_input_scale: bool = True,
     ) -> InspireModel:
         """A model of new slices ``adata`` on a trained reference: its encoder, factor head and gene programs frozen.
 
         Following scvi-tools' ``load_query_data``: the query's spots are put in the reference's input space (its
         expression over the reference's input genes, made comparable within each query slice as in training,
-        projected on the reference's axes, propagated over the query's graph), so the frozen encoder places them
-        in the reference's latent space and the frozen factor head and gene programs give factors on the
+        projected on the reference's axes, propagated over the query's graph, each input column rescaled within
+        each query slice to the spread it had in the reference), so the frozen encoder places them in the
+        reference's latent space and the frozen factor head and gene programs give factors on the
         reference's axes. Only what belongs to the new slices is then learnt by :meth:`train`: their slice
         embeddings, their gene effects and (for a slice-aware reference, ``cross_technology``) their factor
         offsets, starting from the reference slices' mean. Genes of the reference that the query lacks are masked;
@@ -597,6 +601,12 @@ class InspireModel:
             Seed of the minibatches and of anything else random.
         device
             Where the model runs.
+        match_input_scale
+            Rescale each column of a query slice's input to the spread (within-slice standard deviation) it had in
+            the reference (adaptive input normalisation, :func:`~sd_inspire.model._data.match_input_scale`). A
+            query from another technology or panel (more noise per spot, less of the signal kept) otherwise feeds
+            the frozen encoder inputs of another scale than it was trained on, and its latent loses domains that
+            its input held. Switch off to feed the projections unchanged.
 
         Returns
         -------
@@ -609,6 +619,7 @@ class InspireModel:
             shares too few genes with it.
         """
         from sd_inspire.model._data import Reduction, prepare_query
+        from sd_inspire.model._data import match_input_scale as match_input_scale_
 
         ref = reference if isinstance(reference, InspireModel) else cls.load(reference, device=device)
         ref._require_trained()
@@ -630,6 +641,23 @@ class InspireModel:
             connectivity_key=ref.params["connectivity_key"],
             values_are_counts_=bool(info.get("values_are_counts", True)),
         )
+        if match_input_scale:
+            if info.get("input_sd") is None:
+                warnings.warn(
+                    "The reference model has no record of its input's spread (saved by an older sd-inspire version): "
+                    "the query's input is not rescaled to it. Load the reference with its training data and save it "
+                    "again to record it.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            else:
+                target = np.asarray(info["input_sd"], dtype=np.float64)
+                if target.shape != (data.features.shape[1],):
+                    raise ValueError(
+                        f"The reference records the spread of {target.size} input columns; its input has "
+                        f"{data.features.shape[1]}: a damaged model folder."
+                    )
+                match_input_scale_(data.features, data.slices, len(data.slice_names), target)
         extra = int((~adata.var_names.isin(ref.genes)).sum())
         logger.info(
             "Query: %d of the reference's %d genes measured (the others masked), %d of its %d input genes; %d genes "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sd_inspire.pl._alignment import alignment
+from sd_inspire.pl._differential import differential_factors
 from sd_inspire.pl._domains import domains
 from sd_inspire.pl._factors import factors, loadings
 from sd_inspire.pl._history import history
 from sd_inspire.pl._spatial import spatial
 
-__all__ = ["alignment", "domains", "factors", "history", "loadings", "spatial"]
+__all__ = ["alignment", "differential_factors", "domains", "factors", "history", "loadings", "spatial"]

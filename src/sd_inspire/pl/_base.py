@@ -263,8 +263,3 @@ def select_factors(factors: int | Sequence[int] | None, n_factors: int, source: 
             f"Factors {outside} out of range: {source} has {n_factors} factors (indices 0 to {n_factors - 1})."
         )
     return [int(f) for f in chosen]
-
-
-def factor_label(k: int) -> str:
-    """Name of factor ``k``, as in the SpatialData factor table (``"factor_k"``)."""
-    return f"factor_{k}"

@@ -8,11 +8,10 @@ import numpy as np
 
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
-from sd_inspire._utils import get_slices, get_spatial, get_table, is_spatialdata
+from sd_inspire._utils import factor_label, get_slices, get_spatial, get_table, is_spatialdata
 from sd_inspire.pl._base import (
     Colors,
     as_matrix,
-    factor_label,
     finish,
     make_norm,
     panel_grid,
@@ -22,6 +21,7 @@ from sd_inspire.pl._base import (
     slice_grid,
     style_map,
 )
+from sd_inspire.tl.metrics import program_specificity
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -236,11 +236,7 @@ def top_genes(
     ``rank`` is checked by the public callers.
     """
     loadings = as_matrix(require(adata.varm, f"{key}_loadings", "varm", func, "tl.integrate"))
-    column = loadings[:, k]
-    if rank == "specificity":
-        mean = loadings.mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            column = np.where(column > 0, column * np.log(column / mean), 0.0)
+    column = program_specificity(loadings)[:, k] if rank == "specificity" else loadings[:, k]
     in_model = f"{key}_gene"
     candidates = np.flatnonzero(adata.var[in_model].to_numpy(bool)) if in_model in adata.var else np.arange(len(column))
     order = candidates[np.argsort(-column[candidates], kind="stable")][:n_top]
@@ -272,7 +268,9 @@ def loadings(
     ``B_kg log(B_kg / mean_k' B_k'g)`` (its term in the Kullback-Leibler divergence of the program from the mean of
     all programs): large for genes that weigh in the program and more there than in the others. ``rank="loading"``
     shows the largest loadings ``B_kg``. The best gene is at the top. Genes outside the model's gene space
-    (``var["{key}_gene"] == False``) are left out.
+    (``var["{key}_gene"] == False``) are left out. A factor whose program and usage nearly duplicate another's
+    (``uns[key]["redundant_factors"]``, see :func:`sd_inspire.tl.metrics.redundant_factors`) says so under its title
+    (``≈ factor_j``): read the two together.
 
     Parameters
     ----------
@@ -298,7 +296,7 @@ def loadings(
 
     Returns
     -------
-    The matplotlib figure, one axis per factor titled ``factor_k``.
+    The matplotlib figure, one axis per factor titled ``factor_k`` (and ``≈ factor_j`` for near-duplicates).
 
     Raises
     ------
@@ -330,6 +328,7 @@ def loadings(
     if gene_symbols is not None and gene_symbols not in adata.var:
         raise KeyError(f"No column {gene_symbols!r} in `adata.var` for `gene_symbols`.")
     tops = [top_genes(adata, k, n_top, key=key, func="loadings", rank=rank, gene_symbols=gene_symbols) for k in chosen]
+    twins = _redundant(adata, key)
     n_rows = max(len(names) for names, _ in tops)
     fig, axes = panel_grid(len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), layout="constrained")
     for ax, k, (names, weights) in zip(axes, chosen, tops, strict=True):
@@ -337,7 +336,22 @@ def loadings(
         ax.barh(y, weights, color=color)
         ax.set_yticks(y, labels=names)
         ax.set_ylim(n_rows - 0.5, -0.5)  # largest at the top; equal bar heights in every panel
-        ax.set_title(factor_label(k))
+        title = factor_label(k)
+        if twins.get(title):
+            title += "\n≈ " + ", ".join(twins[title])  # a near-duplicate of these
+        ax.set_title(title)
         ax.set_xlabel(rank)
         ax.xaxis.set_major_locator(MaxNLocator(3))  # long tick labels of small scores would overlap
     return finish(fig, save, dpi)
+
+
+def _redundant(adata: AnnData, key: str) -> dict[str, list[str]]:
+    """Factor name -> the factors it is a near-duplicate of (``uns[key]["redundant_factors"]``; empty if absent)."""
+    table = (adata.uns.get(key) or {}).get("redundant_factors")
+    twins: dict[str, list[str]] = {}
+    if table is None or len(table) == 0:
+        return twins
+    for a, b in zip(table["factor"], table["similar_to"], strict=True):
+        twins.setdefault(str(a), []).append(str(b))
+        twins.setdefault(str(b), []).append(str(a))
+    return twins

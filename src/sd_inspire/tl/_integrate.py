@@ -12,9 +12,10 @@ import pandas as pd
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_slices, get_table, is_spatialdata, table_name, values_are_counts
+from sd_inspire._utils import factor_label, get_slices, get_table, is_spatialdata, table_name, values_are_counts
 from sd_inspire.io._store import check_rows_on_disk, write_elements
 from sd_inspire.tl._ensemble import Member, combine
+from sd_inspire.tl.metrics import redundant_factors
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -140,7 +141,9 @@ def integrate(
       genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``,
       ``values`` (``"counts"``, or ``"normalised"`` for tables without counts), ``reference_id`` (the trained
       model's fingerprint, :attr:`sd_inspire.model.InspireModel.reference_id`; the first member's for an
-      ensemble) and, with ``model_dir``, ``model_dir`` (its absolute path).
+      ensemble), ``redundant_factors`` (pairs of factors whose programs and usage are near-duplicates, a table from
+      :func:`sd_inspire.tl.metrics.redundant_factors`; shown by :func:`sd_inspire.pl.loadings`) and, with
+      ``model_dir``, ``model_dir`` (its absolute path).
 
     With ``uncertainty``:
 
@@ -276,6 +279,8 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
     }
     if model.mapped_onto:
         adata.uns[key_added]["reference_slices"] = np.asarray(model.mapped_onto["slices"], dtype=object)
+    # near-duplicate programs (one program split over two factors): flagged for the reader, see pl.loadings
+    adata.uns[key_added]["redundant_factors"] = redundant_factors(ensemble.loadings, ensemble.factors)
     written = [
         ("obsm", f"X_{key_added}"),
         ("obsm", f"{key_added}_factors"),
@@ -414,7 +419,9 @@ def _add_factor_table(
     name = f"{key_added}_factors"
     obs_cols = [c for c in ((attrs or {}).get("region_key"), (attrs or {}).get("instance_key")) if c]
     obs = adata.obs[[c for c in [*obs_cols, Key.SLICE] if c in adata.obs]].copy()
-    table = AnnData(X=factors.copy(), obs=obs, var=pd.DataFrame(index=[f"factor_{k}" for k in range(factors.shape[1])]))
+    table = AnnData(
+        X=factors.copy(), obs=obs, var=pd.DataFrame(index=[factor_label(k) for k in range(factors.shape[1])])
+    )
     if attrs is not None:
         table = TableModel.parse(
             table, region=attrs["region"], region_key=attrs["region_key"], instance_key=attrs["instance_key"]

@@ -37,6 +37,7 @@ def map_query(
     max_steps: int | None = None,
     batch_size: int = 1024,
     uncertainty: bool = False,
+    match_input_scale: bool = True,
     device: str = "auto",
     show_progress_bar: bool = True,
     random_state: int | None = 0,
@@ -72,6 +73,10 @@ def map_query(
         Spots per minibatch.
     uncertainty
         Also write the per-spot standard deviation of the factor proportions (as :func:`sd_inspire.tl.integrate`).
+    match_input_scale
+        Rescale each column of a query slice's input to the spread it had in the reference before the frozen
+        encoder sees it (see :meth:`~sd_inspire.model.InspireModel.load_query_data`): needed when the query comes
+        from another technology or panel.
     device
         ``"auto"`` uses a GPU when present.
     show_progress_bar
@@ -130,7 +135,12 @@ def map_query(
         check_rows_on_disk(data, table_name(data, adata, table_key))
     with timed(f"Mapping {adata.n_obs} spots onto reference {model.reference_id}"):
         query = InspireModel.load_query_data(
-            adata, model, slice_key=slice_key, random_state=random_state, device=device
+            adata,
+            model,
+            slice_key=slice_key,
+            random_state=random_state,
+            device=device,
+            match_input_scale=match_input_scale,
         )
         query.train(max_steps=max_steps, batch_size=batch_size, show_progress_bar=show_progress_bar)
         write_results(adata, query, key_added, combine([_outputs(query, uncertainty=uncertainty)]))

@@ -34,6 +34,8 @@ __all__ = [
     "neighbour_agreement",
     "neighbour_correlation",
     "per_group_scores",
+    "program_specificity",
+    "redundant_factors",
     "registration_error",
     "silhouette",
     "target_registration_error",
@@ -532,6 +534,128 @@ def _labeled_pairs(labels_true: ArrayLike, labels_pred: ArrayLike) -> tuple[np.n
             f"No observation has a reference label (all {true.size} entries of `labels_true` are missing)."
         )
     return true[keep].astype(str), pred[keep].astype(str)
+
+
+def program_specificity(loadings: ArrayLike) -> np.ndarray:
+    """Specificity of each gene to each gene program: ``B_kg log(B_kg / mean_k' B_k'g)``.
+
+    A gene's term in the Kullback-Leibler divergence of program ``k`` from the mean of all programs: large for genes
+    that weigh in the program *and* weigh more there than in the others; near 0 for genes that every program shares
+    (highly expressed, housekeeping genes), which top the raw loadings of many programs.
+
+    Parameters
+    ----------
+    loadings
+        Non-negative loadings, n_genes x n_factors (e.g. ``adata.varm["inspire_loadings"]``).
+
+    Returns
+    -------
+    Array of the shape of ``loadings``; 0 where a loading is 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sd_inspire.tl.metrics import program_specificity
+    >>> loadings = np.array([[0.5, 0.5], [0.4, 0.1], [0.1, 0.4]])  # a shared gene, then two specific ones
+    >>> program_specificity(loadings).round(3)
+    array([[ 0.   ,  0.   ],
+           [ 0.188, -0.092],
+           [-0.092,  0.188]])
+    """
+    w = _finite_2d(loadings, "loadings")
+    if (w < 0).any():
+        raise ValueError("`loadings` must be non-negative (gene programs).")
+    mean = w.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w > 0, w * np.log(w / mean), 0.0)
+
+
+def redundant_factors(
+    loadings: ArrayLike,
+    factors: ArrayLike,
+    *,
+    min_program_similarity: float = 0.9,
+    min_usage_correlation: float = 0.2,
+) -> pd.DataFrame:
+    """Pairs of factors that are near-duplicates: similar gene programs used in the same places.
+
+    A factorisation with more factors than the tissue has distinct programs splits one program over several
+    factors. Two factors are flagged when the Pearson correlation over genes of their programs' specificities
+    (:func:`program_specificity`: what sets each program apart, not the genes all programs share) is at least
+    ``min_program_similarity`` *and* the correlation over spots of their usage (proportions) is at least
+    ``min_usage_correlation``. A flag is a hint for reading the results (interpret the pair together, or integrate
+    again with fewer factors), not a verdict.
+
+    Parameters
+    ----------
+    loadings
+        Gene programs, n_genes x n_factors (``varm["inspire_loadings"]``; rows of genes outside the model may be
+        left in: all-zero rows do not change the correlations of specificities much, but are best dropped).
+    factors
+        Factor proportions, n_spots x n_factors (``obsm["inspire_factors"]``).
+    min_program_similarity
+        Smallest correlation of two programs' specificities, in ``[-1, 1]``.
+    min_usage_correlation
+        Smallest correlation of two factors' usage over spots, in ``[-1, 1]``.
+
+    Returns
+    -------
+    One row per flagged pair (``factor``, ``similar_to``: names ``"factor_k"`` with the smaller index first;
+    ``program_similarity``, ``usage_correlation``), most similar programs first; empty when no pair is flagged.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree or a value is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sd_inspire.tl.metrics import redundant_factors
+    >>> rng = np.random.default_rng(0)
+    >>> programs = rng.dirichlet(np.ones(50), 3).T  # 50 genes x 3 programs
+    >>> loadings = np.hstack([programs, programs[:, [0]] * rng.uniform(0.95, 1.05, (50, 1))])  # factor 3 copies 0
+    >>> usage = rng.dirichlet(np.ones(3), 200)
+    >>> factors = np.hstack([usage[:, [0]] / 2, usage[:, 1:], usage[:, [0]] / 2])
+    >>> redundant_factors(loadings, factors)[["factor", "similar_to"]].values.tolist()
+    [['factor_0', 'factor_3']]
+    """
+    from sd_inspire._utils import factor_label
+
+    w, beta = _finite_2d(loadings, "loadings"), _finite_2d(factors, "factors")
+    if w.shape[1] != beta.shape[1]:
+        raise ValueError(f"`loadings` has {w.shape[1]} factors but `factors` has {beta.shape[1]}.")
+    for name, value in (
+        ("min_program_similarity", min_program_similarity),
+        ("min_usage_correlation", min_usage_correlation),
+    ):
+        if not -1.0 <= float(value) <= 1.0:
+            raise ValueError(f"`{name}` must be between -1 and 1, got {value!r}.")
+    columns = ["factor", "similar_to", "program_similarity", "usage_correlation"]
+    n = w.shape[1]
+    if n < 2:
+        return pd.DataFrame({c: pd.Series(dtype=object if i < 2 else float) for i, c in enumerate(columns)})
+    programs, usage = _correlations(program_specificity(w)), _correlations(beta)
+    i, j = np.triu_indices(n, 1)
+    keep = (programs[i, j] >= min_program_similarity) & (usage[i, j] >= min_usage_correlation)
+    i, j = i[keep], j[keep]
+    table = pd.DataFrame(
+        {
+            "factor": pd.Series([factor_label(int(k)) for k in i], dtype=object),
+            "similar_to": pd.Series([factor_label(int(k)) for k in j], dtype=object),
+            "program_similarity": programs[i, j],
+            "usage_correlation": usage[i, j],
+        }
+    )
+    return table.sort_values("program_similarity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _correlations(x: np.ndarray) -> np.ndarray:
+    """Pearson correlations between the columns of ``x``; 0 for a constant column."""
+    centred = x - x.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
+    unit = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
+    return np.clip(unit.T @ unit, -1.0, 1.0)
 
 
 def _finite_2d(values: ArrayLike, name: str) -> np.ndarray:
