@@ -94,7 +94,7 @@ def test_variance_prior_recovers_a_known_prior():
 @pytest.mark.parametrize("n_factors", [4, 12])
 def test_moderated_statistic_uses_the_shrunk_variance(n_factors):
     adata = _samples(effect=1.0, seed=2, n_factors=n_factors)
-    si.tl.differential_factors(adata, condition_key="condition", sample_key="sample", transform="none")
+    si.tl.differential_factors(adata, condition_key="condition", sample_key="sample", transform="none", moderated=True)
     out = adata.uns["inspire_differential"]
     usage, results = out["usage"], out["results"].set_index("factor")
     d0 = out["params"]["prior_dof"]
@@ -115,11 +115,12 @@ def test_moderated_statistic_uses_the_shrunk_variance(n_factors):
     np.testing.assert_allclose(results.loc[t.index, "pvalue"], p, rtol=1e-8)
 
 
-def test_null_samples_give_few_calls():
+@pytest.mark.parametrize("moderated", [False, True])
+def test_null_samples_give_few_calls(moderated):
     calls = 0
     for seed in range(40):
         adata = _samples(seed=seed)
-        si.tl.differential_factors(adata, condition_key="condition", sample_key="sample")
+        si.tl.differential_factors(adata, condition_key="condition", sample_key="sample", moderated=moderated)
         calls += int((adata.uns["inspire_differential"]["results"]["pvalue_adj"] < 0.05).any())
     assert calls <= 5  # family-wise rate about 5% (Benjamini-Hochberg under the complete null)
 
