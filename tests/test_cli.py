@@ -360,9 +360,9 @@ def test_keyboard_interrupt(tmp_path, monkeypatch):
 
 def test_logger_level_is_restored(tmp_path):
     logger = logging.getLogger("sd_inspire")
-    before = logger.level
+    before = (logger.level, list(logger.handlers), logger.propagate, si.settings.verbosity)
     run("read", tmp_path / "missing", "-o", tmp_path / "x.zarr", "-v")
-    assert logger.level == before
+    assert (logger.level, list(logger.handlers), logger.propagate, si.settings.verbosity) == before
 
 
 # --- integrate -----------------------------------------------------------------------------------------------------

@@ -15,14 +15,70 @@ def test_import_is_light():
     assert out == "[]"
 
 
+NAMESPACES = ["datasets", "gr", "io", "pl", "pp", "tl"]
+
+
 def test_namespaces_and_version():
-    assert si.__all__ == ["datasets", "gr", "io", "pl", "pp", "tl"]
-    for name in si.__all__:
+    assert si.__all__ == ["Verbosity", "datasets", "gr", "io", "pl", "pp", "settings", "tl"]
+    for name in NAMESPACES:
         module = getattr(si, name)
         assert module.__doc__
         for public in module.__all__:
             assert hasattr(module, public), f"{name}.{public} listed in __all__ but missing"
     assert si.__version__ != "unknown"
+
+
+def test_import_adds_no_logging_handler():
+    code = (
+        "import logging, sd_inspire; package = logging.getLogger('sd_inspire'); "
+        "print(package.handlers, logging.getLogger().handlers, package.propagate, package.level)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] [] True 20"  # messages propagate; INFO milestones for an application's logging config
+
+
+def test_verbosity_sets_the_level_and_a_handler_only_on_request(monkeypatch):
+    import logging
+
+    logger = logging.getLogger("sd_inspire")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # logging not configured (pytest configures it)
+    with si.settings.override(verbosity="warning"):
+        assert si.settings.verbosity == si.Verbosity.warning == 1
+        assert logger.level == logging.WARNING
+        assert logger.handlers == []
+        si.settings.verbosity = "hint"
+        assert logger.level == 15
+        assert len(logger.handlers) == 1
+        assert not logger.propagate
+        si.settings.verbosity = 3  # again: still one handler
+        assert len(logger.handlers) == 1
+        si.settings.verbosity = "error"
+        assert logger.handlers == []
+        assert logger.propagate
+        si.settings.verbosity = "debug"
+    assert logger.handlers == []  # the block's handler is gone with it
+    assert logger.propagate
+    monkeypatch.setattr(root, "handlers", [logging.NullHandler()])  # configured: no handler of ours
+    with si.settings.override(verbosity="info"):
+        assert logger.handlers == []
+        assert logger.level == logging.INFO
+    with pytest.raises(ValueError, match="`verbosity` must be one of 'error' \\(0\\)"):
+        si.settings.verbosity = "loud"
+    with pytest.raises(ValueError, match="got 7"):
+        si.settings.verbosity = 7
+
+
+def test_keys_written_are_hints_and_steps_are_info(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="sd_inspire"):
+        si.datasets.simulate(2, n_spots=30, n_genes=100, output="anndata")
+    assert "Simulating 2 slices" in caplog.text
+    assert "Adding" not in caplog.text
+    with caplog.at_level(15, logger="sd_inspire"):
+        si.datasets.simulate(2, n_spots=30, n_genes=100, output="anndata")
+    assert "Adding `adata.obs['slice']`" in caplog.text
 
 
 def _public_functions(namespaces):
@@ -68,7 +124,7 @@ def test_signature_conventions(name, func):
         assert sig.parameters["table_key"].kind == inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize(("name", "func"), list(_public_functions(si.__all__)))
+@pytest.mark.parametrize(("name", "func"), list(_public_functions(NAMESPACES)))
 def test_numpydoc_docstrings(name, func):
     doc = inspect.getdoc(func)
     assert doc, f"{name} has no docstring"

@@ -17,9 +17,9 @@ def _load():
 
 def test_quickstart_simulated(tmp_path, capsys):
     assert _load().main(["--out", str(tmp_path), "--n-spots", "200", "--max-steps", "20"]) == 0
-    out = capsys.readouterr().out
-    assert "zarr store:" in out
-    assert "figure:" in out
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith(f"wrote {(tmp_path / 'simulated.zarr').resolve()}: obsm X_inspire, inspire_factors")
+    assert out[-1].startswith(f"figures: {(tmp_path / 'simulated').resolve()}_{{annotation,domains,")
     store = tmp_path / "simulated.zarr"
     back = spatialdata.read_zarr(store)
     t = back["table"]
@@ -28,16 +28,34 @@ def test_quickstart_simulated(tmp_path, capsys):
     assert {"X_inspire", "inspire_factors"} <= set(t.obsm)
     assert t.obs["inspire_domain"].nunique() == 5
     assert set(back.tables) == {"table", "inspire_factors"}
-    for fig in ("domain", "domains", "factors", "programs", "history"):
+    for fig in ("annotation", "domains", "factors", "programs", "history"):
         assert (tmp_path / f"simulated_{fig}.png").stat().st_size > 1000
     # running again replaces the store without leaving a partial one behind
     assert _load().main(["--out", str(tmp_path), "--n-spots", "100", "--max-steps", "5"]) == 0
     assert spatialdata.read_zarr(store)["table"].n_obs == 400
-    assert not (tmp_path / ".simulated.zarr.partial").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".simulated.zarr")]
 
 
 def test_quickstart_dlpfc(tmp_path, dlpfc_dir, capsys):
     assert _load().main(["--dlpfc", str(dlpfc_dir), "--out", str(tmp_path), "--max-steps", "10"]) == 0
     t = spatialdata.read_zarr(tmp_path / "dlpfc.zarr")["table"]
     assert t.obs["layer"].notna().mean() > 0.98
-    assert (tmp_path / "dlpfc_layer.png").exists()
+    assert (tmp_path / "dlpfc_annotation.png").exists()
+
+
+def test_quickstart_as_a_script_is_quiet(tmp_path):
+    # run as a user runs it: no warning of the stack underneath, progress bars and a short summary only
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(QUICKSTART), "--out", str(tmp_path), "--n-spots", "150", "--max-steps", "10"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"},  # Python's defaults
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if "Warning" in line or "warn" in line.lower()], done.stderr
+    assert len(lines) < 15, done.stderr

@@ -9,10 +9,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from sd_inspire import datasets, gr, io, pl, pp, tl
+from sd_inspire._settings import Verbosity, settings
 
 try:
     __version__ = version("sd-inspire")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
     __version__ = "unknown"
 
-__all__ = ["datasets", "gr", "io", "pl", "pp", "tl"]
+__all__ = ["Verbosity", "datasets", "gr", "io", "pl", "pp", "settings", "tl"]

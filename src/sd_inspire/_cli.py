@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -173,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return _exit_code(exit_.code)
-    logger = logging.getLogger("sd_inspire")
-    previous = logger.level
-    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from sd_inspire._settings import settings
+
+    with settings.override(verbosity="info" if args.verbose else "warning"):
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Run a parsed command: warnings shown once and briefly, errors as one line, Ctrl-C as exit status 130."""
     try:
         with warnings.catch_warnings():
             for message, category, module in _QUIET_WARNINGS:
@@ -199,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _stderr(f"{PROG}: error: {_one_line(err)}")
         return EXIT_ERROR
-    finally:
-        logger.setLevel(previous)
 
 
 def _ignore_unraisable(unraisable: Any) -> None:
@@ -436,7 +438,13 @@ def _integrate(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     if args.n_domains:
-        si.tl.domains(sdata, n_domains=args.n_domains, n_components=args.n_components, random_state=args.seed)
+        si.tl.domains(
+            sdata,
+            n_domains=args.n_domains,
+            n_components=args.n_components,
+            random_state=args.seed,
+            show_progress_bar=not args.no_progress,
+        )
     written = _written(before, _keys(sdata), domains=bool(args.n_domains))
     _write_store(sdata, args.output)
     for path in figures:
@@ -677,78 +685,27 @@ def _require_exists(path: Path) -> None:
         raise CLIError(f"{path}: no such file or folder")
 
 
-def _is_zarr_store(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
-
-
 def _check_output(path: Path, *, overwrite: bool) -> None:
     """Refuse an existing output without ``overwrite``, and never replace a folder that is not a zarr store."""
+    from sd_inspire.io._store import clean_leftovers, is_zarr_store
+
     if path.parent.is_dir():
-        _clean_leftovers(_absolute(path))  # first: a store a killed run moved aside is put back
+        clean_leftovers(_absolute(path))  # first: a store a killed run moved aside is put back
     if not (path.exists() or path.is_symlink()):
         return
     if not overwrite:
         raise CLIError(f"{path} exists; pass --overwrite to replace it")
-    if path.is_dir() and not _is_zarr_store(path):
+    if path.is_dir() and not is_zarr_store(path):
         raise CLIError(f"{path} is a folder but not a zarr store; refusing to replace it")
     if not path.is_dir():
         raise CLIError(f"{path} is a file, not a zarr store; refusing to replace it")
 
 
 def _write_store(sdata: SpatialData, path: Path) -> None:
-    """Write a new store next to ``path``, then swap it in atomically.
+    """Write a new store at ``path`` (checked by :func:`_check_output`), swapped in atomically."""
+    from sd_inspire.io import write_zarr
 
-    An interrupted write never leaves a half-written store at ``path``; what a killed run left next to it
-    (``.NAME.partial-PID``, ``.NAME.old-PID``) is removed, or restored where ``path`` itself went missing, first.
-    """
-    from sd_inspire.io._store import exchange_paths
-
-    path = _absolute(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(path)
-    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-    _remove(staging)
-    try:
-        sdata.write(staging)
-        if not (path.exists() or path.is_symlink()):
-            staging.rename(path)
-        elif not exchange_paths(staging, path):  # no atomic exchange here: two renames, undone on failure
-            backup = path.parent / f".{path.name}.old-{os.getpid()}"
-            path.rename(backup)
-            try:
-                staging.rename(path)
-            except BaseException:
-                backup.rename(path)
-                raise
-            _remove(backup)
-    finally:
-        _remove(staging)  # after an exchange, the old store
-    sdata.path = path
-
-
-def _clean_leftovers(path: Path) -> None:
-    """Remove what a killed ``_write_store`` of ``path`` left; put a moved-out store back if ``path`` is gone."""
-    from sd_inspire.io._store import is_running
-
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(partial|old)-(\d+)")
-    for leftover in sorted(path.parent.iterdir()):
-        match = pattern.fullmatch(leftover.name)
-        if match is None or (int(match[2]) != os.getpid() and is_running(int(match[2]))):
-            continue
-        if match[1] == "old" and not (path.exists() or path.is_symlink()):
-            leftover.rename(path)
-            what = f"restored {path} from {leftover.name}"
-        else:
-            _remove(leftover)
-            what = f"removed {leftover}"
-        warnings.warn(f"{what}, left by an interrupted run (process {match[2]})", UserWarning, stacklevel=2)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    write_zarr(sdata, _absolute(path), overwrite=True)
 
 
 @contextmanager

@@ -1,7 +1,9 @@
 """The package logger: ``logging.getLogger("sd_inspire")``.
 
-Messages at INFO level say what a function starts, which keys it adds and how long it took. Silence them with
-``logging.getLogger("sd_inspire").setLevel("WARNING")``.
+Messages at INFO level are milestones (a step starting, the time it took); at HINT level (15, between DEBUG and
+INFO) every key a function writes. They propagate to the root logger: importing the package adds no handler, so an
+application's logging configuration decides where they go. :data:`sd_inspire.settings` sets the level (and, when
+logging is not configured, adds a handler on request).
 """
 
 from __future__ import annotations
@@ -14,20 +16,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+#: Level of the messages that name each key written (scanpy's "hint" verbosity).
+HINT = 15
+logging.addLevelName(HINT, "HINT")
 
-def _make_logger() -> logging.Logger:
-    logger = logging.getLogger("sd_inspire")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s [sd_inspire] %(message)s"))
-        logger.addHandler(handler)
-        if logger.level == logging.NOTSET:  # keep a level the user set before importing us
-            logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
-
-
-logger = _make_logger()
+logger = logging.getLogger("sd_inspire")
 
 
 @contextmanager
@@ -41,7 +34,7 @@ def timed(message: str) -> Iterator[None]:
 
 def log_added(where: str, key: str) -> None:
     """Log that ``where[key]`` was written, e.g. ``log_added("obsm", "X_inspire")``."""
-    logger.info("Adding `adata.%s[%r]`", where, key)
+    logger.log(HINT, "Adding `adata.%s[%r]`", where, key)
 
 
 @contextmanager

@@ -167,3 +167,40 @@ def test_impute_writes_its_layer_into_the_store(tmp_path):
     back = spatialdata.read_zarr(tmp_path / "q.zarr")["table"]
     assert back.layers["inspire_imputed"].shape == back.shape
     assert back.var["inspire_imputed"].sum() > 0
+
+
+# --- io.write_zarr: a new store, all at once --------------------------------------------------------------------------
+
+
+def test_write_zarr_writes_replaces_and_refuses(tmp_path, recwarn):
+    import spatialdata
+
+    sdata = si.datasets.simulate(2, n_spots=40, n_genes=100, random_state=0)
+    store = tmp_path / "a.zarr"
+    si.io.write_zarr(sdata, store)
+    assert sdata.path == store
+    assert spatialdata.read_zarr(store)["table"].n_obs == 80
+    assert not [w for w in recwarn if "zarr" in str(w.message)]  # zarr's notices about its defaults are not shown
+    other = si.datasets.simulate(3, n_spots=20, n_genes=100, random_state=1)
+    with pytest.raises(FileExistsError, match="a.zarr' exists; pass `overwrite=True`"):
+        si.io.write_zarr(other, store)
+    si.io.write_zarr(other, store, overwrite=True)
+    assert spatialdata.read_zarr(store)["table"].n_obs == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # nothing left beside it
+    plain = tmp_path / "notes"
+    plain.mkdir()
+    with pytest.raises(ValueError, match="not a zarr store"):
+        si.io.write_zarr(other, plain, overwrite=True)
+    backed = si.io.read_zarr(store)
+    with pytest.raises(ValueError, match="is the store this SpatialData is read from"):
+        si.io.write_zarr(backed, store, overwrite=True)
+
+
+def test_write_zarr_cleans_what_a_killed_write_left(tmp_path):
+    sdata = si.datasets.simulate(1, n_spots=30, n_genes=100, random_state=0)
+    store = tmp_path / "b.zarr"
+    dead = 2**22 + 12345  # no such process
+    (tmp_path / f".b.zarr.partial-{dead}").mkdir()
+    with pytest.warns(UserWarning, match="removed .*partial.*left by an interrupted run"):
+        si.io.write_zarr(sdata, store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.zarr"]

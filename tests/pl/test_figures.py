@@ -225,7 +225,7 @@ def test_loadings_bars_are_the_top_genes(adata, rank):
         widths = [p.get_width() for p in ax.patches]
         np.testing.assert_allclose(widths, top_scores(adata, k, rank)[names], rtol=1e-6)
         assert ax.yaxis_inverted()  # largest at the top
-        assert ax.get_xlabel() == rank
+        assert ax.get_xlabel().split()[0] == rank
 
 
 def test_specificity_prefers_program_genes_over_shared_ones():
@@ -465,3 +465,13 @@ def test_differential_factors_points_are_the_samples_usage():
         si.pl.differential_factors(adata, key="x")
     with pytest.raises(ValueError, match="out of range"):
         si.pl.differential_factors(adata, [5])
+
+
+def test_loadings_exclude_leaves_out_matching_genes(adata):
+    top = true_top(adata, 0, 4)
+    fig = si.pl.loadings(adata, [0], n_top=3, exclude=f"^({top[0]}|{top[2]})$")
+    names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert names == [g for g in true_top(adata, 0, 6) if g not in (top[0], top[2])][:3]
+    assert fig.axes[0].get_xlabel() == "specificity\nB log(B/mean B)"
+    fig = si.pl.factors(adata, [0], n_genes=2, exclude=f"^{top[0]}$")
+    assert top[0] not in fig.axes[0].get_ylabel()

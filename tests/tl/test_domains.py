@@ -350,3 +350,16 @@ def test_refine_removes_speckles(sim_adata):
     del sim_adata.obsp["spatial_connectivities"]
     with pytest.raises(KeyError, match="`refine=1` needs the graph"):
         domains(sim_adata, n_domains=5, use_rep="noisy", refine=1)
+
+
+def test_gmm_fits_one_at_a_time_are_scikit_learns_best_of_ten():
+    # the progress bar runs the initialisations one by one: the same fits as GaussianMixture(n_init=10)
+    from sklearn.mixture import GaussianMixture
+
+    from sd_inspire.tl._domains import _gmm
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(i, 1.0, (200, 4)) for i in range(5)])
+    ours = _gmm(x, 6, 6, 11, "tied", show_progress_bar=True)
+    theirs = GaussianMixture(6, covariance_type="tied", n_init=10, max_iter=500, random_state=11).fit_predict(x)
+    np.testing.assert_array_equal(ours, theirs)

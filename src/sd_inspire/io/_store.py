@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -327,3 +328,114 @@ def is_running(pid: int) -> bool:
     except PermissionError:  # running, as another user
         return True
     return True
+
+
+def write_zarr(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> None:
+    """Write a SpatialData to a new zarr store, all at once or not at all.
+
+    The store is written in full next to ``path`` (``.NAME.partial-PID``) by spatialdata's writer, then moved to
+    ``path``; an existing store there (``overwrite=True``) is exchanged with the new one in one atomic rename where
+    the file system allows it (Linux, macOS), else by two renames undone on failure. An interrupted or killed
+    write never leaves a half-written store at ``path``, and what a killed write left beside it is removed (or put
+    back, if the old store was moved aside) by the next write. zarr's notices about its future defaults are not
+    shown. Afterwards ``sdata.path`` is ``path``. Read the store back with :func:`sd_inspire.io.read_zarr`.
+
+    Parameters
+    ----------
+    sdata
+        The data to write (elements read lazily from another store are read from there).
+    path
+        The new store, a folder ending in ``.zarr`` by convention.
+    overwrite
+        Replace a zarr store already at ``path``. A folder that is not a zarr store, or a file, is never replaced.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    ValueError
+        If ``path`` is a file or a folder that is not a zarr store, or the store ``sdata`` is backed by (its
+        elements read lazily from there would be lost with it).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, sd_inspire as si
+    >>> sdata = si.datasets.simulate(2, n_spots=50, n_genes=100)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slices.zarr"
+    >>> si.io.write_zarr(sdata, path)
+    >>> si.io.read_zarr(path)["table"].n_obs
+    100
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{str(path)!r} exists; pass `overwrite=True` to replace it.")
+        if not is_zarr_store(path):
+            raise ValueError(
+                f"{str(path)!r} is not a zarr store (a file, or a folder without zarr metadata); not replaced."
+            )
+        if sdata.path is not None and Path(sdata.path).resolve() == path.resolve():
+            raise ValueError(
+                f"{str(path)!r} is the store this SpatialData is read from: write to a new path (functions of "
+                "sd-inspire write their results into the store themselves)."
+            )
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    _remove(staging)
+    try:
+        with warnings.catch_warnings():
+            for message, category in _ZARR_NOTICES:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            sdata.write(staging)
+        if not (path.exists() or path.is_symlink()):
+            staging.rename(path)
+        elif not exchange_paths(staging, path):  # no atomic exchange here: two renames, undone on failure
+            backup = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(backup)
+            try:
+                staging.rename(path)
+            except BaseException:
+                backup.rename(path)
+                raise
+            _remove(backup)
+    finally:
+        _remove(staging)  # after an exchange, the old store
+    sdata.path = path
+
+
+#: zarr's and spatialdata's notices about their own defaults, shown at every write and not actionable by a user.
+_ZARR_NOTICES = (
+    ("zarr v3 autosharding", UserWarning),
+    (".*[Cc]onsolidated metadata", UserWarning),
+    ("Call to deprecated class Scaler", DeprecationWarning),  # ome-zarr, called by spatialdata's image writer
+)
+
+
+def clean_leftovers(path: Path) -> None:
+    """Remove what a killed :func:`write_zarr` of ``path`` left; put a moved-out store back if ``path`` is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(partial|old)-(\d+)")
+    if not path.parent.is_dir():
+        return
+    for leftover in sorted(path.parent.iterdir()):
+        match = pattern.fullmatch(leftover.name)
+        if match is None or (int(match[2]) != os.getpid() and is_running(int(match[2]))):
+            continue
+        if match[1] == "old" and not (path.exists() or path.is_symlink()):
+            leftover.rename(path)
+            what = f"restored {path} from {leftover.name}"
+        else:
+            _remove(leftover)
+            what = f"removed {leftover}"
+        warnings.warn(f"{what}, left by an interrupted run (process {match[2]})", UserWarning, stacklevel=3)
+
+
+def is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 _RANKS = ("specificity", "loading")
 
 
+#: Axis labels of the gene scores: what is plotted, with its definition.
+_RANK_LABELS = {"specificity": "specificity\nB log(B/mean B)", "loading": "loading B"}
+
+
 def _check_rank(rank: str) -> None:
     if rank not in _RANKS:
         raise ValueError(f"`rank` must be one of {_RANKS}, got {rank!r}.")
@@ -55,6 +60,7 @@ def factors(
     spatial_key: str = Key.SPATIAL,
     n_genes: int = 0,
     rank: Literal["specificity", "loading"] = "specificity",
+    exclude: str | None = None,
     share: Literal["row", "all"] = "row",
     vmax: float | str | None = "p99",
     cmap: str = "viridis",
@@ -95,6 +101,9 @@ def factors(
     rank
         How the top genes are chosen: ``"specificity"`` (genes that weigh in the program more than in the others,
         see :func:`~sd_inspire.pl.loadings`) or ``"loading"`` (the largest loadings).
+    exclude
+        Regular expression of gene names left out of the top genes, e.g. ``"^(MT-|RP[SL][0-9])"`` for mitochondrial
+        and ribosomal protein genes.
     share
         ``"row"``: one colour scale per factor; ``"all"``: one colour scale for the whole figure.
     vmax
@@ -155,7 +164,10 @@ def factors(
     coords = get_spatial(adata, spatial_key, slices=slices)
     row_labels = [factor_label(k) for k in chosen]
     if n_genes > 0:
-        genes = [", ".join(top_genes(adata, k, n_genes, key=key, func="factors", rank=rank)[0]) for k in chosen]
+        genes = [
+            ", ".join(top_genes(adata, k, n_genes, key=key, func="factors", rank=rank, exclude=exclude)[0])
+            for k in chosen
+        ]
         row_labels = [f"{label}\n{g}" for label, g in zip(row_labels, genes, strict=True)]
 
     fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0)
@@ -227,8 +239,11 @@ def top_genes(
     func: str,
     rank: str = "specificity",
     gene_symbols: str | None = None,
+    exclude: str | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Names and scores of the ``n_top`` best genes of factor ``k`` by ``rank`` (model genes only).
+
+    Genes whose name (``gene_symbols`` or ``var_names``) matches the regular expression ``exclude`` are left out.
 
     ``"loading"``: the loadings ``B_kg``. ``"specificity"``: ``B_kg log(B_kg / mean_k' B_k'g)``, the gene's term in
     the Kullback-Leibler divergence of program ``k`` from the mean of all programs: large for genes that weigh in the
@@ -239,8 +254,12 @@ def top_genes(
     column = program_specificity(loadings)[:, k] if rank == "specificity" else loadings[:, k]
     in_model = f"{key}_gene"
     candidates = np.flatnonzero(adata.var[in_model].to_numpy(bool)) if in_model in adata.var else np.arange(len(column))
-    order = candidates[np.argsort(-column[candidates], kind="stable")][:n_top]
     names = adata.var[gene_symbols] if gene_symbols is not None else adata.var_names
+    if exclude is not None:
+        pattern = re.compile(exclude)
+        left_out = np.array([pattern.search(str(name)) is not None for name in names], dtype=bool)
+        candidates = candidates[~left_out[candidates]]
+    order = candidates[np.argsort(-column[candidates], kind="stable")][:n_top]
     return [str(g) for g in np.asarray(names)[order]], column[order]
 
 
@@ -252,6 +271,7 @@ def loadings(
     key: str = "inspire",
     n_top: int = 10,
     rank: Literal["specificity", "loading"] = "specificity",
+    exclude: str | None = None,
     table_key: str | None = None,
     gene_symbols: str | None = None,
     ncols: int = 4,
@@ -282,7 +302,10 @@ def loadings(
     n_top
         Number of genes per factor.
     rank
-        ``"specificity"`` or ``"loading"``, see above.
+        ``"specificity"`` or ``"loading"``, see above; the x axis says which, with its definition.
+    exclude
+        Regular expression of gene names left out (matched against ``gene_symbols`` when given), e.g.
+        ``"^(MT-|RP[SL][0-9])"`` for mitochondrial and ribosomal protein genes, or ``"^(GAPDH|ACTB|MALAT1)$"``.
     %(table_key)s
     gene_symbols
         Column of :attr:`~anndata.AnnData.var` with the gene names to show instead of ``var_names``.
@@ -327,7 +350,10 @@ def loadings(
     _check_rank(rank)
     if gene_symbols is not None and gene_symbols not in adata.var:
         raise KeyError(f"No column {gene_symbols!r} in `adata.var` for `gene_symbols`.")
-    tops = [top_genes(adata, k, n_top, key=key, func="loadings", rank=rank, gene_symbols=gene_symbols) for k in chosen]
+    tops = [
+        top_genes(adata, k, n_top, key=key, func="loadings", rank=rank, gene_symbols=gene_symbols, exclude=exclude)
+        for k in chosen
+    ]
     twins = _redundant(adata, key)
     n_rows = max(len(names) for names, _ in tops)
     fig, axes = panel_grid(len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), layout="constrained")
@@ -340,7 +366,7 @@ def loadings(
         if twins.get(title):
             title += "\n≈ " + ", ".join(twins[title])  # a near-duplicate of these
         ax.set_title(title)
-        ax.set_xlabel(rank)
+        ax.set_xlabel(_RANK_LABELS[rank])
         ax.xaxis.set_major_locator(MaxNLocator(3))  # long tick labels of small scores would overlap
     return finish(fig, save, dpi)
 

@@ -67,6 +67,7 @@ def align(
     random_state: int | np.random.Generator | None = 0,
     key_added: str = "spatial_aligned",
     coordinate_system: str = "aligned",
+    show_progress_bar: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Register the slices to each other through the integrated latent space and stack them in 3D.
@@ -138,6 +139,8 @@ def align(
         Aligned coordinates go to ``obsm[key_added]``, transforms and statistics to ``uns[key_added]``.
     coordinate_system
         Name of the coordinate system added to a SpatialData.
+    show_progress_bar
+        Show a progress bar over the slices registered.
     %(copy)s A SpatialData is then left untouched.
 
     Returns
@@ -229,10 +232,14 @@ def align(
     ref_pos = order.index(reference)
     pair_transforms: dict[str, np.ndarray] = {}
     records = []
+    from tqdm.auto import tqdm
+
     with timed(f"Aligning {len(order)} slices to {reference!r} ({model}) from `obsm[{use_rep!r}]`"):
+        bar = tqdm(total=len(order) - 1, desc="Registering slices", unit="slice", disable=not show_progress_bar)
         for i, moving in enumerate(order):
             if i == ref_pos:
                 continue
+            bar.update()
             fixed = order[i - 1] if i > ref_pos else order[i + 1]
             m, f = rows[moving], rows[fixed]
             pair_transforms[moving], stats = _register_pair(
@@ -248,6 +255,7 @@ def align(
                 stats["n_matches"],
                 stats["residual"],
             )
+        bar.close()
         transforms = {reference: np.eye(3)}
         for i in range(ref_pos + 1, len(order)):
             transforms[order[i]] = transforms[order[i - 1]] @ pair_transforms[order[i]]

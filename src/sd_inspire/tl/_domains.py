@@ -42,6 +42,7 @@ def domains(
     refine: int = 0,
     connectivity_key: str = "spatial_connectivities",
     random_state: int | np.random.Generator | None = 0,
+    show_progress_bar: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Cluster spots into spatial domains from a representation in :attr:`~anndata.AnnData.obsm`.
@@ -209,7 +210,7 @@ def domains(
         f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}{merged}"
     ):
         if method == "gmm":
-            labels = _gmm(x, n_components, n_domains, seed, covariance_type)
+            labels = _gmm(x, n_components, n_domains, seed, covariance_type, show_progress_bar)
         elif method == "kmeans":
             labels = _kmeans(x, n_components, n_domains, seed)
         else:
@@ -268,18 +269,34 @@ def _majority_vote(labels: np.ndarray, graph: sparse.spmatrix, rounds: int) -> n
     return labels
 
 
-def _gmm(x: np.ndarray, n_components: int, n_domains: int, seed: int, covariance_type: str) -> np.ndarray:
-    """GMM labels; more components than domains are merged (:func:`_merge_ward`) in the mixture's whitened space."""
-    from sklearn.mixture import GaussianMixture
+def _gmm(
+    x: np.ndarray, n_components: int, n_domains: int, seed: int, covariance_type: str, show_progress_bar: bool = False
+) -> np.ndarray:
+    """GMM labels; more components than domains are merged (:func:`_merge_ward`) in the mixture's whitened space.
 
-    gmm = GaussianMixture(
-        n_components=n_components,
-        covariance_type=covariance_type,
-        n_init=_GMM_N_INIT,
-        max_iter=500,
-        random_state=seed,
-    )
-    labels = gmm.fit_predict(x)
+    The best of ``_GMM_N_INIT`` fits by their likelihood bound, run one at a time (for the progress bar) from one
+    random state: the same fits, in the same order, as scikit-learn's own ``n_init`` loop.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+    from tqdm.auto import tqdm
+
+    state = np.random.RandomState(seed)
+    gmm = None
+    for _ in tqdm(range(_GMM_N_INIT), desc="Gaussian mixture", unit="fit", disable=not show_progress_bar, leave=False):
+        fit = GaussianMixture(
+            n_components=n_components, covariance_type=covariance_type, n_init=1, max_iter=500, random_state=state
+        )
+        with warnings.catch_warnings():  # said once below, for the fit kept
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit.fit(x)
+        if gmm is None or fit.lower_bound_ > gmm.lower_bound_:
+            gmm = fit
+    if not gmm.converged_:
+        logger.warning("The Gaussian mixture did not converge in 500 iterations; its domains may change with more.")
+    labels = gmm.predict(x)
     if n_components == n_domains:
         return labels
     cov = gmm.covariances_  # the size-weighted average covariance of the components, as a matrix

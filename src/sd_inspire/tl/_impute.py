@@ -50,6 +50,7 @@ def impute(
     key: str = "inspire",
     chunk_size: int = 20_000,
     key_added: str = "inspire_imputed",
+    show_progress_bar: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict, for every spot, the expression of genes its slice did not measure.
@@ -99,6 +100,8 @@ def impute(
         Spots processed at once.
     key_added
         Name of the layer written.
+    show_progress_bar
+        Show a progress bar over the slices predicted (one step per slice and set of donor slices).
     %(copy)s
 
     Returns
@@ -150,6 +153,8 @@ def impute(
     measured = measured_mask(adata, slices).to_numpy(dtype=bool)  # genes x slices
     columns = _gene_columns(adata, genes, measured)
 
+    from tqdm.auto import tqdm
+
     with timed(f"Imputing {columns.size} genes with {method!r}"):
         # every (slice, gene) to predict, grouped by the slices that can serve as donors
         tasks: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
@@ -170,7 +175,7 @@ def impute(
         keep = measured[columns][:, codes].T  # n_obs x genes: the spot's slice measured the gene
         values = np.where(keep, x_cols.toarray(), 0.0).astype(np.float32)
         n_predicted = dict.fromkeys(names, 0)
-        for (s, donors), js in tasks.items():
+        for (s, donors), js in tqdm(tasks.items(), desc="Imputing", unit="slice", disable=not show_progress_bar):
             rows = np.flatnonzero(codes == s)
             donor_rows = np.flatnonzero(np.isin(codes, donors))
             values[np.ix_(rows, js)] = predict(rows, donor_rows, np.asarray(js), x_cols)
