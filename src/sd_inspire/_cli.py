@@ -275,12 +275,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=ALIGNMENTS[0],
         help="slice alignment: discriminator and cross-slice anchors, or one of them (default: both)",
     )
+    integrate.add_argument(
+        "--n-top-genes",
+        type=int,
+        metavar="N",
+        help="highly variable genes per slice for the gene space (default: 3000); preprocessing is redone when given",
+    )
+    integrate.add_argument(
+        "--gene-space",
+        choices=("shared", "union"),
+        help="genes measured by every slice, or by any (panels of other sizes); preprocessing is redone when given "
+        "(default: shared)",
+    )
     integrate.add_argument("--n-domains", type=int, metavar="K", help="also cluster K spatial domains (GMM)")
     integrate.add_argument(
         "--n-components",
         type=int,
         metavar="C",
         help="fit C GMM components and merge them into the K domains, e.g. K+2 for layered tissue (default: K)",
+    )
+    integrate.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="R",
+        help="rounds of majority vote of the domains over the spatial graph (default: 0)",
     )
     integrate.add_argument(
         "--max-steps", type=int, metavar="N", help="training steps (default: from the data size, 600 to 3000)"
@@ -384,9 +403,13 @@ def _slice_name(path: Path) -> str:
 
 
 def _integrate(args: argparse.Namespace) -> int:
-    _check_options(args, ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models"))
+    _check_options(args, ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models", "n_top_genes"))
     if args.n_components is not None and not args.n_domains:
         _usage(args, "--n-components needs --n-domains")
+    if args.refine and not args.n_domains:
+        _usage(args, "--refine needs --n-domains")
+    if args.refine < 0:
+        raise CLIError(f"--refine must be an integer >= 0, got {args.refine}")
     if args.n_components is not None and args.n_components < args.n_domains:
         raise CLIError(f"--n-components must be at least --n-domains ({args.n_domains}), got {args.n_components}")
     if args.n_hops < 0:
@@ -419,6 +442,9 @@ def _integrate(args: argparse.Namespace) -> int:
             f"{PROG}: warning: obs[{_DOMAIN_KEY!r}] is from an earlier run and is kept as it is; "
             "pass --n-domains to recompute it"
         )
+    if args.n_top_genes is not None or args.gene_space is not None:  # preprocessing with these settings, from counts
+        given = {"n_top_genes": args.n_top_genes, "gene_space": args.gene_space}
+        si.pp.preprocess(_raw(sdata[_TABLE]), **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
     si.tl.integrate(
         sdata,
@@ -442,6 +468,7 @@ def _integrate(args: argparse.Namespace) -> int:
             sdata,
             n_domains=args.n_domains,
             n_components=args.n_components,
+            refine=args.refine,
             random_state=args.seed,
             show_progress_bar=not args.no_progress,
         )
