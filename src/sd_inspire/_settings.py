@@ -39,15 +39,6 @@ class Settings:
     Messages go to the standard :mod:`logging` logger ``"sd_inspire"`` and propagate to the root logger, so an
     application's own logging configuration (``logging.basicConfig``, a file handler) receives them; importing the
     package adds no handler. Without any logging configuration Python shows warnings and errors only.
-
-    Attributes
-    ----------
-    verbosity
-        ``"error"`` (0), ``"warning"`` (1), ``"info"`` (2, the default: milestones, such as a step starting and
-        the time it took), ``"hint"`` (3: also every key written, e.g. ``Adding `adata.obsm['X_inspire']```) or
-        ``"debug"`` (4). Setting it sets the level of the ``"sd_inspire"`` logger and, when logging is not
-        configured (the root logger has no handler), adds one handler that writes the package's messages to
-        stderr, so that they are seen in a notebook or a script; setting ``"warning"`` or ``"error"`` removes it.
     """
 
     def __init__(self) -> None:
@@ -60,7 +51,14 @@ class Settings:
 
     @property
     def verbosity(self) -> Verbosity:
-        """The current verbosity (a :class:`Verbosity`; compare with ints or names)."""
+        """How much the package logs (a :class:`Verbosity`; set it with a name or a number).
+
+        ``"error"`` (0), ``"warning"`` (1), ``"info"`` (2, the default: milestones, such as a step starting and the
+        time it took), ``"hint"`` (3: also every key written, e.g. ``Adding `adata.obsm['X_inspire']```) or
+        ``"debug"`` (4). Setting it sets the level of the ``"sd_inspire"`` logger and, when logging is not
+        configured (the root logger has no handler), adds one handler that writes the package's messages to
+        stderr, so that they are seen in a notebook or a script; setting ``"warning"`` or ``"error"`` removes it.
+        """
         return self._verbosity
 
     @verbosity.setter

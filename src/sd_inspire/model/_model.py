@@ -603,7 +603,7 @@ class InspireModel:
             Where the model runs.
         match_input_scale
             Rescale each column of a query slice's input to the spread (within-slice standard deviation) it had in
-            the reference (adaptive input normalisation, :func:`~sd_inspire.model._data.match_input_scale`). A
+            the reference (adaptive input normalisation, as AdaBN does for normalisation layers). A
             query from another technology or panel (more noise per spot, less of the signal kept) otherwise feeds
             the frozen encoder inputs of another scale than it was trained on, and its latent loses domains that
             its input held. Switch off to feed the projections unchanged.
