@@ -349,6 +349,10 @@ def write_zarr(sdata: SpatialData, path: str | Path, *, overwrite: bool = False)
     overwrite
         Replace a zarr store already at ``path``. A folder that is not a zarr store, or a file, is never replaced.
 
+    Returns
+    -------
+    Nothing; ``sdata.path`` becomes ``path``.
+
     Raises
     ------
     FileExistsError
