@@ -496,3 +496,34 @@ def test_malformed_h5_is_refused_by_the_cli_with_a_message(tmp_path):
     assert run.returncode == 1, run.stderr  # an error, not a crash (-11)
     assert "gene index 1000000" in run.stderr
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_squidpy_spatial_scatter_works_on_integrated_slices(visium_dir, tmp_path):
+    # uns["spatial"] as squidpy reads it: per slice (named as in obs["slice"]) the scale factors and the images
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    slices = {
+        name: si.io.visium(visium_dir / "spaceranger_1.0.0_tiny", dataset_id=f"tiny{name}") for name in ("A", "B")
+    }
+    library = slices["A"]["table"].uns["spatial"]["tinyA"]
+    assert library["images"]["hires"].ndim == 3  # y, x, channels (RGB or RGBA as in the PNG)
+    assert library["images"]["hires"].shape[2] in (3, 4)
+    assert library["scalefactors"]["spot_diameter_fullres"] > 0
+    assert "tissue_hires_scalef" in library["scalefactors"]
+    sdata = si.pp.concat(slices)
+    si.tl.integrate(sdata, n_factors=3, n_latent=4, max_steps=5, show_progress_bar=False)
+    si.tl.domains(sdata, n_domains=2, show_progress_bar=False)
+    table = sdata["table"]
+    assert set(table.uns["spatial"]) == {"A", "B"}
+    with warnings.catch_warnings():  # squidpy's own use of matplotlib's older API
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        axes = sq.pl.spatial_scatter(table, color="inspire_domain", library_key="slice", return_ax=True)
+    assert len(axes) == 2
+    assert axes[0].images  # the tissue image is drawn
+    plt.close("all")
+    si.io.write_zarr(sdata, tmp_path / "s.zarr")
+    back = si.io.read_zarr(tmp_path / "s.zarr")["table"]
+    np.testing.assert_array_equal(
+        back.uns["spatial"]["B"]["images"]["lowres"], table.uns["spatial"]["B"]["images"]["lowres"]
+    )

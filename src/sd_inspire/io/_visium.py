@@ -140,9 +140,34 @@ def visium(
     table.obs[Key.TECHNOLOGY] = pd.Categorical([Technology.VISIUM.value] * table.n_obs)
     diameter = scalefactors[VisiumFile.SPOT_DIAMETER_KEY]
     table.uns[Key.MICRONS_PER_PIXEL] = VISIUM_SPOT_DIAMETER_UM / diameter
-    table.uns[VisiumFile.SPATIAL_DIR.value] = _decode_bytes(table.uns.get(VisiumFile.SPATIAL_DIR.value, {}))
+    table.uns[VisiumFile.SPATIAL_DIR.value] = _squidpy_library(
+        sdata, _decode_bytes(table.uns.get(VisiumFile.SPATIAL_DIR.value, {})), dataset_id, scalefactors
+    )
     sdata.attrs[Key.TECHNOLOGY] = Technology.VISIUM.value
     return sdata
+
+
+def _squidpy_library(
+    sdata: SpatialData, spatial: dict[str, Any], dataset_id: str, scalefactors: dict[str, Any]
+) -> dict[str, Any]:
+    """``uns["spatial"]`` as squidpy and scanpy read it: ``{dataset_id: {"images", "scalefactors", "metadata"}}``.
+
+    The scale factors of Space Ranger, and the hires / lowres images (``y x c`` arrays, as scanpy's ``read_visium``
+    stores them) when they were read, so that ``squidpy.pl.spatial_scatter`` draws the spots on the tissue.
+    """
+    library = dict(spatial.get(dataset_id) or {})
+    if len(spatial) == 1 and dataset_id not in spatial:  # spatialdata-io keyed it otherwise: one library, ours
+        library = dict(next(iter(spatial.values())) or {})
+    library.setdefault("metadata", {})
+    library["scalefactors"] = {str(k): float(v) for k, v in scalefactors.items() if np.isscalar(v)}
+    pictures = {}
+    for suffix in ("hires", "lowres"):
+        name = f"{dataset_id}_{suffix}_image"
+        if name in sdata.images:
+            pictures[suffix] = np.moveaxis(np.asarray(sdata.images[name].data), 0, -1)  # (c, y, x) -> (y, x, c)
+    if pictures:
+        library["images"] = pictures
+    return {dataset_id: library}
 
 
 def find_outs(path: Path) -> Path | None:

@@ -225,7 +225,11 @@ def _slice_table(
             stacklevel=3,
         )
         var.index = _make_unique(var.index)
-    out = AnnData(X=table.X, obs=obs, var=var, obsm=obsm, layers=dict(table.layers), uns=_plain_uns(table.uns))
+    uns = _plain_uns(table.uns)
+    libraries = uns.get("spatial")
+    if isinstance(libraries, Mapping) and len(libraries) == 1:  # squidpy's library of the slice, under its name
+        uns["spatial"] = {name: next(iter(libraries.values()))}
+    out = AnnData(X=table.X, obs=obs, var=var, obsm=obsm, layers=dict(table.layers), uns=uns)
     regions = list(dict.fromkeys(new_region))
     return out, regions, tech
 
