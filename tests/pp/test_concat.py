@@ -53,7 +53,19 @@ def test_concat_spatialdata_slices_keeps_elements_and_frames(sim_slices):
     sdata = si.pp.concat(sim_slices)
     t = sdata["table"]
     assert t.n_obs == 750
-    assert set(sdata.coordinate_systems) == set(sim_slices)  # one frame per slice, none shared
+    # one frame per slice, named after it, none shared; and "global", the slices side by side
+    assert set(sdata.coordinate_systems) == {*sim_slices, "global"}
+    ranges = []
+    for n in sim_slices:
+        shapes = sdata[f"{n}_shapes"]
+        own = get_transformation(shapes, get_all=True)
+        assert set(own) == {n, "global"}
+        xy = np.column_stack([shapes.geometry.x, shapes.geometry.y])
+        xy = np.hstack([xy, np.ones((len(xy), 1))])
+        placed = xy @ own["global"].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")).T
+        ranges.append((placed[:, 0].min(), placed[:, 0].max()))
+        assert placed[:, 1].min() == pytest.approx(0.0, abs=1e-6)  # lowest points level
+    assert all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))  # left to right, apart
     assert t.obs["technology"].cat.categories.tolist() == ["merfish", "slideseq", "visium"]
     assert not t.varm["measured"]["slice2"].all()  # MERFISH panel
     for n, sd in sim_slices.items():  # inputs keep their transformations
@@ -61,17 +73,14 @@ def test_concat_spatialdata_slices_keeps_elements_and_frames(sim_slices):
 
 
 def test_concat_renames_shared_coordinate_systems():
-    parts = {}
-    for i in range(2):
-        sd = si.pp.concat({"x": _adata(10, seed=i)})
-        sd.rename_coordinate_systems({"x": "global"})
-        parts[f"p{i}"] = sd
+    parts = {f"p{i}": si.pp.concat({"x": _adata(10, seed=i)}) for i in range(2)}
+    assert set(parts["p0"].coordinate_systems) == {"x", "global"}  # both parts have "x" and "global"
     sdata = si.pp.concat(parts)
-    assert set(sdata.coordinate_systems) == {"p0_global", "p1_global"}
+    assert set(sdata.coordinate_systems) == {"p0", "p1", "global"}
     assert set(sdata.shapes) == {"p0_x_shapes", "p1_x_shapes"}
     assert set(sdata["table"].obs["region"].cat.categories) == {"p0_x_shapes", "p1_x_shapes"}
-    # the input objects still use "global"
-    assert parts["p0"].coordinate_systems == ["global"]
+    # the input objects keep theirs
+    assert set(parts["p0"].coordinate_systems) == {"x", "global"}
 
 
 @pytest.mark.filterwarnings("ignore:.*names are not unique")

@@ -39,9 +39,13 @@ def concat(
     """Combine several slices into one SpatialData with a single table.
 
     Each slice keeps its own coordinate frame: its spatial elements (shapes, images, labels, points) are carried
-    over, renamed ``"{slice}_{name}"`` unless the name already starts with the slice name, and coordinate systems
-    that several slices share (such as ``"global"``) are renamed ``"{slice}_{name}"`` so slices never overlap. An
-    AnnData slice gets a circles element ``"{slice}_shapes"`` at ``obsm["spatial"]``. The inputs are not modified.
+    over, renamed ``"{slice}_{name}"`` unless the name already starts with the slice name. The combined data have
+    one coordinate system per slice, named after it (the frame of its ``obsm["spatial"]``), and ``"global"``, where
+    the slices lie side by side, left to right: ``sdata.pl.render_shapes(...).pl.show(coordinate_systems="global")``
+    draws them all in one panel (spatialdata-plot scales each slice's colours on its own unless given one
+    ``norm``), ``coordinate_systems="151673"`` one slice. Other coordinate systems of the inputs (a Visium sample's
+    downscaled image frames) are not kept. An AnnData slice gets a circles element ``"{slice}_shapes"`` at
+    ``obsm["spatial"]``. The inputs are not modified.
 
     Parameters
     ----------
@@ -108,6 +112,7 @@ def concat(
         cs_count = Counter(cs for sd in sdatas.values() for cs in _coordinate_systems(sd))
         elements: dict[str, dict[str, Any]] = {"images": {}, "labels": {}, "points": {}, "shapes": {}}
         tables, regions, techs = [], [], {}
+        owned: dict[str, list[tuple[str, str]]] = {}  # slice -> its elements (kind, name)
         for name, sd in sdatas.items():
             cs_map = {cs: f"{name}_{cs}" for cs in _coordinate_systems(sd) if cs_count[cs] > 1}
             rename = {el: el if el.startswith(name) else f"{name}_{el}" for _, el, _ in sd.gen_spatial_elements()}
@@ -116,6 +121,7 @@ def concat(
                 if any(new_name in group for group in elements.values()):
                     raise ValueError(f"Element name {new_name!r} of slice {name!r} clashes with another slice's.")
                 elements[kind][new_name] = _relabel_coordinate_systems(element, cs_map)
+                owned.setdefault(name, []).append((kind, new_name))
             table, slice_regions, tech = _slice_table(sd, name, table_key, rename, slice_key, gene_key)
             if len(sd.tables) > 1:
                 warnings.warn(
@@ -128,6 +134,7 @@ def concat(
             regions += slice_regions
             techs[name] = tech
 
+        _lay_out(elements, owned, tables, names)
         measured = pd.concat(
             [pd.Series(True, index=t.var_names, name=n) for t, n in zip(tables, names, strict=True)], axis=1
         ).notna()
@@ -159,6 +166,55 @@ def _coordinate_systems(sdata: SpatialData) -> list[str]:
     for _, _, element in sdata.gen_spatial_elements():
         out += [cs for cs in get_transformation(element, get_all=True) if cs not in out]
     return out
+
+
+def _lay_out(
+    elements: dict[str, dict[str, Any]], owned: dict[str, list[tuple[str, str]]], tables: list, names: list[str]
+) -> None:
+    """Coordinate systems of the combined data: one per slice, named after it, and ``"global"``, side by side.
+
+    A slice's own frame is the coordinate system in which its table's shapes are placed as they are (the frame of
+    ``obsm["spatial"]``); every element of the slice gets a transformation to the slice's name and one to
+    ``"global"``, where the slices lie left to right (in the order given, 5% of the widest apart, their lowest
+    points level). Other coordinate systems of a slice (the downscaled image frames of a Visium sample) are left
+    out: spatialdata-plot draws one panel per coordinate system. Elements without a transformation to their slice's
+    frame keep theirs.
+    """
+    from spatialdata.transformations import Identity, Sequence, Translation, get_transformation
+
+    boxes = []
+    for table in tables:
+        xy = np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
+        boxes.append((xy.min(axis=0), xy.max(axis=0)))
+    gap = 0.05 * max(float(high[0] - low[0]) for low, high in boxes)
+    offset = 0.0
+    for name, (low, high) in zip(names, boxes, strict=True):
+        parts = owned.get(name, [])
+        region = next((elements[k][n] for k, n in parts if k == "shapes"), None)
+        frames = get_transformation(region, get_all=True) if region is not None else {}
+        frame = next((cs for cs, t in frames.items() if isinstance(t, Identity)), None)
+        if frame is None:
+            continue
+        shift = Translation([offset - low[0], -low[1]], axes=("x", "y"))
+        for kind, element_name in parts:
+            element = elements[kind][element_name]
+            to_frame = get_transformation(element, get_all=True).get(frame)
+            if to_frame is None:
+                continue
+            elements[kind][element_name] = _with_transformations(
+                element, {name: to_frame, "global": Sequence([to_frame, shift])}
+            )
+        offset += float(high[0] - low[0]) + gap
+
+
+def _with_transformations(element: Any, transformations: dict[str, Any]) -> Any:
+    """A shallow copy of ``element`` with exactly ``transformations`` (the input is not modified)."""
+    from spatialdata.transformations import set_transformation
+
+    element = element.copy(deep=False) if hasattr(element, "attrs") else element
+    element.attrs = dict(element.attrs)
+    set_transformation(element, transformations, set_all=True)
+    return element
 
 
 def _relabel_coordinate_systems(element: Any, cs_map: dict[str, str]) -> Any:
