@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,3 +147,22 @@ def test_duplicated_gene_names_are_refused_before_training(monkeypatch):
     adata.var_names = names
     with pytest.raises(ValueError, match=r"1 duplicated gene names \(e.g. '.*'\).*var_names_make_unique"):
         si.tl.integrate(adata, max_steps=5, show_progress_bar=False)
+
+
+def test_spatialdata_plot_draws_all_slices_in_one_global_panel():
+    import matplotlib.pyplot as plt
+    import spatialdata_plot  # noqa: F401  (registers .pl)
+
+    sdata = _sdata()
+    si.tl.integrate(sdata, **FAST)
+    assert set(sdata.coordinate_systems) == {"slice0", "slice1", "global"}
+    fig, ax = plt.subplots()
+    with warnings.catch_warnings():  # spatialdata-plot's own use of matplotlib's older API
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        sdata.pl.render_shapes(color="factor_0", table_name="inspire_factors").pl.show(
+            coordinate_systems="global", ax=ax, colorbar=False
+        )
+    assert len(ax.collections) == 2  # both slices, in one panel
+    left, right = (c.get_datalim(ax.transData) for c in ax.collections)
+    assert left.x1 < right.x0  # side by side
+    plt.close(fig)
