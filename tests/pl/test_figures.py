@@ -475,3 +475,22 @@ def test_loadings_exclude_leaves_out_matching_genes(adata):
     assert fig.axes[0].get_xlabel() == "specificity\nB log(B/mean B)"
     fig = si.pl.factors(adata, [0], n_genes=2, exclude=f"^{top[0]}$")
     assert top[0] not in fig.axes[0].get_ylabel()
+
+
+def test_stored_domain_colours_are_used_by_every_figure(adata):
+    from matplotlib.colors import to_rgba
+
+    si.tl.domains(adata, n_domains=3, method="kmeans", use_rep="inspire_factors", show_progress_bar=False)
+    colours = adata.uns["inspire_domain_colors"]
+    assert len(colours) == adata.obs["inspire_domain"].cat.categories.size
+    adata.uns["inspire_domain_colors"] = ["#ff0000", "#00ff00", "#0000ff"][: len(colours)]  # e.g. set in scanpy
+    expected = {
+        c: to_rgba(h)
+        for c, h in zip(adata.obs["inspire_domain"].cat.categories, adata.uns["inspire_domain_colors"], strict=True)
+    }
+    for fig in (si.pl.spatial(adata, color="inspire_domain"), si.pl.domains(adata)):
+        ax = fig.axes[0]
+        first = adata.obs.loc[adata.obs["slice"] == ax.get_title(), "inspire_domain"].astype(str).to_numpy()
+        drawn = ax.collections[0].get_facecolors()
+        for label, colour in zip(first, drawn, strict=True):
+            assert tuple(colour) == expected[label]

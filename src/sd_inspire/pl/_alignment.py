@@ -121,7 +121,7 @@ def alignment(
         colors, title = labels(slices), slice_key or "slice"
     else:
         colors = color_values(adata, color, layer)
-    pal = palette(colors.categories) if colors.categories is not None else None
+    pal = palette(colors.categories, adata, color or slice_key) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if pal is None and colors.values is not None else None
 
     fig = plt.figure(figsize=figsize, layout="constrained")

@@ -105,12 +105,38 @@ def category_colors(n: int) -> list[tuple[float, ...]]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def palette(categories: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """One colour per category; unannotated labels in light grey."""
+def palette(
+    categories: Sequence[str], adata: AnnData | None = None, key: str | None = None
+) -> dict[str, tuple[float, ...]]:
+    """One colour per category; unannotated labels in light grey.
+
+    With ``adata`` and ``key``, the colours stored in ``adata.uns[f"{key}_colors"]`` (scanpy's convention: one
+    colour per category of ``obs[key]``, in their order; written by :func:`sd_inspire.tl.domains`, scanpy and
+    squidpy) are used, so every figure of a labelling has the same colours.
+    """
     named = [c for c in categories if c not in MISSING]
     pal = dict(zip(named, category_colors(len(named)), strict=True))
+    pal.update(stored_colors(adata, key) if adata is not None and key is not None else {})
+    pal = {c: pal[c] for c in named}
     pal.update({c: MISSING_COLOR for c in categories if c in MISSING})
     return pal
+
+
+def stored_colors(adata: AnnData, key: str) -> dict[str, tuple[float, ...]]:
+    """Category -> colour from ``uns[f"{key}_colors"]``; empty unless it has a valid colour for every category."""
+    from matplotlib.colors import to_rgba
+
+    column = adata.obs.get(key)
+    colors = adata.uns.get(f"{key}_colors")
+    if column is None or colors is None or not isinstance(column.dtype, pd.CategoricalDtype):
+        return {}
+    categories = [str(c) for c in column.cat.categories]
+    if len(colors) < len(categories):
+        return {}
+    try:
+        return {c: to_rgba(color) for c, color in zip(categories, colors, strict=False)}
+    except ValueError:
+        return {}
 
 
 def spot_size(n_spots: int, point_size: float | None) -> float:

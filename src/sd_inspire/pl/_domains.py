@@ -107,11 +107,13 @@ def domains(
         if reference not in adata.obs:
             raise KeyError(f"No reference annotation: `adata.obs[{reference!r}]` is missing.")
         ref = labels(adata.obs[reference])
-        ref_pal = palette(ref.categories or [])
-        dom_pal = _matched_palette(domain, ref, ref_pal) if match_colors else palette(domain.categories or [])
+        ref_pal = palette(ref.categories or [], adata, reference)
+        dom_pal = (
+            _matched_palette(domain, ref, ref_pal) if match_colors else palette(domain.categories or [], adata, key)
+        )
         rows = [(key, domain, dom_pal), (reference, ref, ref_pal)]
     else:
-        rows = [(key, domain, palette(domain.categories or []))]
+        rows = [(key, domain, palette(domain.categories or [], adata, key))]
     slices = get_slices(adata, slice_key)
     coords = get_spatial(adata, spatial_key, slices=slices)
     fig, grid = slice_grid([name for name, _, _ in rows], slices, slice_key, panel_size, margin=1.5)

@@ -88,7 +88,7 @@ def spatial(
     colors = color_values(adata, color, layer)
     n = len(slices.cat.categories)
     fig, axes = panel_grid(n, ncols, (panel_size, panel_size))
-    pal = palette(colors.categories) if colors.categories is not None else None
+    pal = palette(colors.categories, adata, color) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if colors.values is not None and not colors.categorical else None
     drawn = scatter_slices(axes, slices, coords, colors, pal=pal, norm=norm, cmap=cmap, point_size=point_size)
     for ax, name in zip(axes, slices.cat.categories, strict=True):

@@ -115,7 +115,9 @@ def domains(
     - ``uns[key_added]``: ``method``, ``n_domains``, ``use_rep``, ``smooth``, ``refine``, ``covariance_type``
       (GMM), ``n_components`` (GMM and k-means), ``log_ratio`` (whether the log-ratios were clustered),
       ``random_state`` (the integer seed given, or ``None``), ``seed`` (the integer actually passed to the
-      clustering), ``n_found`` (number of domains found) and, for Leiden, ``resolution``.
+      clustering), ``n_found`` (number of domains found) and, for Leiden, ``resolution``;
+    - ``uns[f"{key_added}_colors"]``: one colour per domain (hex, scanpy's convention), used by scanpy, squidpy
+      and every figure of :mod:`sd_inspire.pl`.
 
     Notes
     -----
@@ -243,8 +245,15 @@ def domains(
             "n_found": n_found,
             **extra,
         }
+        # one colour per domain, scanpy's convention: scanpy, squidpy and every sd-inspire figure use the same
+        from matplotlib.colors import to_hex
+
+        from sd_inspire.pl._base import category_colors
+
+        adata.uns[f"{key_added}_colors"] = [to_hex(c) for c in category_colors(len(categories))]
         log_added("obs", key_added)
         log_added("uns", key_added)
+        log_added("uns", f"{key_added}_colors")
     return adata if copy else None
 
 
