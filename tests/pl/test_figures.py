@@ -172,7 +172,7 @@ def test_factors_uncertainty_maps_and_spatialdata(adata, tmp_path):
     sd = adata.obsm["inspire_factors_sd"][:, 1]
     for ax, s in zip(fig.axes[:3], SLICES, strict=True):
         np.testing.assert_allclose(ax.collections[0].get_array(), sd[rows_of(adata, s)])
-    assert fig.axes[3].get_ylabel() == "inspire_factors_sd"
+    assert fig.axes[3].get_ylabel() == "standard deviation"  # the colour bar says what it shows
 
 
 @pytest.mark.filterwarnings("ignore:The set_bad function:PendingDeprecationWarning")  # spatialdata-plot 0.4
@@ -274,7 +274,7 @@ def test_history_raw_and_smoothed_curves(adata):
     window = 15
     fig = si.pl.history(adata, smooth=window)
     hist = adata.uns["inspire"]["history"]
-    assert [ax.get_title() for ax in fig.axes] == ["poisson", "prior", "adversarial", "loss"]  # no "_seconds"
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "poisson", "adversarial", "prior"]  # fixed order, no "_seconds"
     for ax in fig.axes:
         y = hist[ax.get_title()]
         raw, smoothed = ax.lines
@@ -494,3 +494,9 @@ def test_stored_domain_colours_are_used_by_every_figure(adata):
         drawn = ax.collections[0].get_facecolors()
         for label, colour in zip(first, drawn, strict=True):
             assert tuple(colour) == expected[label]
+
+
+def test_factor_colour_bars_say_proportion(adata):
+    fig = si.pl.factors(adata, [0, 1])
+    labels = [ax.get_ylabel() for ax in fig.axes[6:]]  # 2 factors x 3 slices of maps, then the colour bars
+    assert labels == ["proportion", "proportion"]

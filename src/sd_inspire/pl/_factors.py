@@ -170,6 +170,8 @@ def factors(
         ]
         row_labels = [f"{label}\n{g}" for label, g in zip(row_labels, genes, strict=True)]
 
+    # what the colour shows: the factors' proportions, or (obsm_key) what that map holds
+    what = "proportion" if obsm_key is None else ("standard deviation" if name.endswith("_sd") else name)
     fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0)
     shared = make_norm(maps[:, chosen], vmax, from_zero=True) if share == "all" else None
     for row, k in zip(grid, chosen, strict=True):
@@ -179,9 +181,9 @@ def factors(
         else:
             scatter_slices(row, slices, coords, Colors(maps[:, k]), norm=norm, cmap=cmap, point_size=point_size)
         if share == "row":
-            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(row), shrink=0.8, label=name)
+            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(row), shrink=0.8, label=what)
     if shared is not None:
-        fig.colorbar(plt.cm.ScalarMappable(norm=shared, cmap=cmap), ax=list(grid.ravel()), shrink=0.6, label=name)
+        fig.colorbar(plt.cm.ScalarMappable(norm=shared, cmap=cmap), ax=list(grid.ravel()), shrink=0.6, label=what)
     return finish(fig, save, dpi)
 
 

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+#: Panel order of the loss terms: the total, the likelihood, then the other terms of the objective.
+_ORDER = ("loss", "poisson", "reconstruction", "geometry", "adversarial", "alignment", "discriminator", "prior")
+
+
 @d.dedent
 def history(
     data: AnnData | SpatialData,
@@ -45,7 +49,8 @@ def history(
         Key of :attr:`~anndata.AnnData.uns` written by :func:`sd_inspire.tl.integrate` (its ``key_added``).
     terms
         Term or terms to draw, in this order; ``None`` draws every term recorded per step (entries whose names
-        start with ``_``, such as the training time ``"_seconds"``, are left out).
+        start with ``_``, such as the training time ``"_seconds"``, are left out) in a fixed order: the total
+        ``loss``, ``poisson`` (the count likelihood), the other terms of the objective, then any other.
     %(table_key)s
     smooth
         Width in steps of the moving average (shrunk at both ends of the curve); ``None`` takes about 5%% of the
@@ -87,8 +92,9 @@ def history(
             f"`adata.uns[{key!r}]` holds no training history (`'history'`): run `sd_inspire.tl.integrate` first."
         )
     curves = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in record["history"].items()}
-    if terms is None:
-        names = [k for k in curves if not k.startswith("_")]
+    if terms is None:  # the same order in every run (a store read back may list them alphabetically)
+        recorded = [k for k in curves if not k.startswith("_")]
+        names = [k for k in _ORDER if k in recorded] + sorted(k for k in recorded if k not in _ORDER)
     else:
         names = [terms] if isinstance(terms, str) else list(terms)
         unknown = [t for t in names if t not in curves]
@@ -111,7 +117,8 @@ def history(
         if log and finite.size and (finite > 0).all():
             ax.set_yscale("log")
         ax.set_title(name)
-        ax.set_xlabel("step")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("total loss" if name == "loss" else "loss term")
     axes[0].legend(fontsize="small", frameon=False)
     return finish(fig, save, dpi)
 
