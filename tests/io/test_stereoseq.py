@@ -402,3 +402,16 @@ def test_zarr_round_trip(tmp_path, lines, cells, kind):
     assert u.uns["microns_per_pixel"] == t.uns["microns_per_pixel"]
     assert back.attrs["technology"] == "stereoseq"
     assert back["a_shapes"].geometry.equals(sdata["a_shapes"].geometry)
+
+
+def test_large_gem_shows_progress(tmp_path, monkeypatch, capsys):
+    gem = tmp_path / "s.gem"
+    gem.write_text("geneID\tx\ty\tMIDCount\nA\t1\t2\t3\nB\t60\t2\t1\n")
+    monkeypatch.setattr(_stereoseq, "_PROGRESS_BYTES", 0)  # as if the file were large
+    si.io.stereoseq(gem, bin_size=50)
+    assert "Reading s.gem" in capsys.readouterr().err
+    si.io.stereoseq(gem, bin_size=50, show_progress_bar=False)
+    assert "Reading" not in capsys.readouterr().err
+    monkeypatch.setattr(_stereoseq, "_PROGRESS_BYTES", 10**9)  # a small file: no bar
+    si.io.stereoseq(gem, bin_size=50)
+    assert "Reading" not in capsys.readouterr().err

@@ -34,6 +34,8 @@ MICRONS_PER_DNB = 0.5
 
 # Tuning of the streaming (module constants so that tests can shrink them and cross chunk boundaries).
 _BLOCK_SIZE = 1 << 20  # bytes of GEM text per batch (~45,000 lines); pyarrow holds ~40 blocks at a time
+#: Files from this size on get a progress bar (smaller ones take seconds).
+_PROGRESS_BYTES = 100 * 2**20
 _ARROW_THREADS = False  # threaded parsing reads further ahead, for no gain: sorting the keys dominates
 _GEF_CHUNK = 1 << 22  # rows of a GEF dataset read at a time
 _STAGE_ROWS = 1 << 19  # rows of GEM or GEF staged before they are reduced and split among buckets
@@ -64,6 +66,7 @@ def stereoseq(
     bin_size: int = 50,
     dataset_id: str | None = None,
     gene_key: Literal["geneID", "geneName"] = "geneID",
+    show_progress_bar: bool = True,
 ) -> SpatialData:
     r"""Read a Stereo-seq GEM or GEF file into square bins (or segmented cells).
 
@@ -95,6 +98,8 @@ def stereoseq(
         with ``"geneName"``; the other identifier, where the file has it, goes to ``var`` (the first one seen for a
         name). Files with a single gene column (GEMv0.1, whose ``geneID`` holds the gene name; GEF version 3 or
         older) use that column either way.
+    show_progress_bar
+        Show the lines read so far while streaming a GEM of 100 MB or more (a full chip takes minutes).
 
     Returns
     -------
@@ -141,7 +146,7 @@ def stereoseq(
         dataset_id = re.sub(r"[^A-Za-z0-9_-]", "_", file.name.split(".")[0]) or Technology.STEREOSEQ.value
     with timed(f"Reading Stereo-seq {_FORMATS[kind]} {file}"):
         if kind == "gem":
-            sdata = _read_gem(file, bin_size, dataset_id, gene_key)
+            sdata = _read_gem(file, bin_size, dataset_id, gene_key, show_progress_bar)
         else:
             with _open_h5(file) as f:
                 if StereoseqFile.CELL_BIN in f:
@@ -466,10 +471,13 @@ class _GeneCodes:
         return self.known.to_pylist()
 
 
-def _read_gem(file: Path, bin_size: int, dataset_id: str, gene_key: str) -> SpatialData:
+def _read_gem(
+    file: Path, bin_size: int, dataset_id: str, gene_key: str, show_progress_bar: bool = False
+) -> SpatialData:
     import pandas as pd
     import pyarrow as pa
     from pyarrow import csv
+    from tqdm.auto import tqdm
 
     layout = _gem_layout(file, gene_key)
     columns = [layout.gene, StereoseqFile.X, StereoseqFile.Y, layout.count]
@@ -486,6 +494,8 @@ def _read_gem(file: Path, bin_size: int, dataset_id: str, gene_key: str) -> Spat
     genes = _GeneCodes(file)
     sums = _SumByKey(bin_size)
     rows = 0
+    big = file.stat().st_size >= _PROGRESS_BYTES
+    bar = tqdm(desc=f"Reading {file.name}", unit=" lines", unit_scale=True, disable=not (show_progress_bar and big))
     try:
         stream = pa.input_stream(str(file), compression="gzip" if layout.gzipped else None)
         stream.read(layout.header_bytes)  # the "#" lines: the column header comes next
@@ -511,10 +521,13 @@ def _read_gem(file: Path, bin_size: int, dataset_id: str, gene_key: str) -> Spat
             y = batch.column(2).to_numpy()
             sums.add(_bin_keys(x, y, codes, bin_size, file), counts)
             rows += batch.num_rows
+            bar.update(batch.num_rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise _gem_error(file, layout, rows, str(err)) from err
     except (OSError, EOFError) as err:  # a truncated or corrupt gzip stream
         raise ValueError(f"{file}: cannot read the GEM after {rows} data lines: {err}") from err
+    finally:
+        bar.close()
     if rows == 0:
         raise ValueError(f"{file}: no data lines: the GEM holds a header and no counts.")
     logger.info("Read %d GEM lines, %d genes, %d counts", rows, len(genes), sums.total)
