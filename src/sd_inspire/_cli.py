@@ -50,6 +50,8 @@ _FILE_SUFFIXES = (".gz", ".gem", ".gef", ".cellbin", ".csv", ".tsv", ".h5ad", ".
 #: ``var`` columns and ``uns`` keys of an earlier preprocessing, dropped when stores are combined from raw counts.
 _PREPROCESS_VAR = ("highly_variable", "highly_variable_rank", "highly_variable_nbatches", "n_slices_measured")
 _PREPROCESS_UNS = ("preprocess", "spatial_neighbors")
+#: Rounds of spatial majority vote of the domains: the setting of the README, the quick start and the tutorials.
+_DEFAULT_REFINE = 3
 #: Known, harmless notices of the stack underneath (the package's own warnings are shown).
 _QUIET_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     ("zarr v3 autosharding", UserWarning, ""),
@@ -297,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument(
         "--refine",
         type=int,
-        default=0,
         metavar="R",
-        help="rounds of majority vote of the domains over the spatial graph (default: 0)",
+        help="rounds of majority vote of the domains over the spatial graph (default: 3, as in the README and "
+        "tutorials)",
     )
     integrate.add_argument(
         "--max-steps", type=int, metavar="N", help="training steps (default: from the data size, 600 to 3000)"
@@ -406,9 +408,9 @@ def _integrate(args: argparse.Namespace) -> int:
     _check_options(args, ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models", "n_top_genes"))
     if args.n_components is not None and not args.n_domains:
         _usage(args, "--n-components needs --n-domains")
-    if args.refine and not args.n_domains:
+    if args.refine is not None and not args.n_domains:
         _usage(args, "--refine needs --n-domains")
-    if args.refine < 0:
+    if args.refine is not None and args.refine < 0:
         raise CLIError(f"--refine must be an integer >= 0, got {args.refine}")
     if args.n_components is not None and args.n_components < args.n_domains:
         raise CLIError(f"--n-components must be at least --n-domains ({args.n_domains}), got {args.n_components}")
@@ -468,7 +470,7 @@ def _integrate(args: argparse.Namespace) -> int:
             sdata,
             n_domains=args.n_domains,
             n_components=args.n_components,
-            refine=args.refine,
+            refine=_DEFAULT_REFINE if args.refine is None else args.refine,
             random_state=args.seed,
             show_progress_bar=not args.no_progress,
         )

@@ -274,7 +274,12 @@ def test_history_raw_and_smoothed_curves(adata):
     window = 15
     fig = si.pl.history(adata, smooth=window)
     hist = adata.uns["inspire"]["history"]
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "poisson", "adversarial", "prior"]  # fixed order, no "_seconds"
+    assert [ax.get_title() for ax in fig.axes] == [
+        "loss",
+        "poisson",
+        "adversarial",
+        "prior",
+    ]  # fixed order, no "_seconds"
     for ax in fig.axes:
         y = hist[ax.get_title()]
         raw, smoothed = ax.lines
