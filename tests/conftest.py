@@ -20,6 +20,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     mpl.use("Agg")
     logging.getLogger("sd_inspire").setLevel(logging.WARNING)
+    si.settings.autoshow = False  # the plots return their figure, for the tests to read
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

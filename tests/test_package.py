@@ -91,7 +91,7 @@ def _public_functions(namespaces):
 
 
 # functions that return something other than `AnnData | None`, or take no `copy`, by design
-RETURNS_OTHER = {"pp.concat": "SpatialData", **{f"pl.{n}": "Figure" for n in si.pl.__all__}}
+RETURNS_OTHER = {"pp.concat": "SpatialData", **{f"pl.{n}": "Figure | None" for n in si.pl.__all__}}
 NO_KEY_ADDED = {"pp.concat", "pp.preprocess"}  # write documented fixed keys (scanpy's pp convention)
 
 

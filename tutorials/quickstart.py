@@ -78,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = ("annotation", "domains", "factors", "programs", "history")
     figures = {kind: args.out / f"{name}_{kind}.png" for kind in kinds}
-    si.pl.spatial(sdata, color=color, save=figures["annotation"])  # the known domains or layers
-    si.pl.domains(sdata, reference=color, save=figures["domains"])  # domains above the annotation, matched colours
+    si.pl.spatial(sdata, color=color, save=figures["annotation"], show=False)  # the known domains or layers
+    si.pl.domains(
+        sdata, reference=color, save=figures["domains"], show=False
+    )  # domains above the annotation, matched colours
     strongest = [int(k) for k in table.obsm["inspire_factors"].var(axis=0).argsort()[::-1][:3]]
-    si.pl.factors(sdata, factors=strongest, n_genes=3, save=figures["factors"])  # all slices, one scale per factor
-    si.pl.loadings(sdata, factors=strongest, save=figures["programs"])  # their top genes
-    si.pl.history(sdata, save=figures["history"])  # training curves
+    si.pl.factors(
+        sdata, factors=strongest, n_genes=3, save=figures["factors"], show=False
+    )  # all slices, one scale per factor
+    si.pl.loadings(sdata, factors=strongest, save=figures["programs"], show=False)  # their top genes
+    si.pl.history(sdata, save=figures["history"], show=False)  # training curves
     store = args.out / f"{name}.zarr"
     si.io.write_zarr(sdata, store, overwrite=True)  # all at once: a failed run leaves an earlier store intact
     print(

@@ -698,10 +698,10 @@ def _draw(sdata: SpatialData, path: Path) -> None:
     factors = np.asarray(sdata[_TABLE].obsm[f"{_KEY}_factors"])
     strongest = [int(k) for k in np.argsort(factors.var(axis=0))[::-1][:_FIGURE_FACTORS]]
     draw = {
-        "factors": lambda: si.pl.factors(sdata, factors=strongest, n_genes=3, save=path),
-        "programs": lambda: si.pl.loadings(sdata, factors=strongest, save=path),
-        "history": lambda: si.pl.history(sdata, save=path),
-        "domains": lambda: si.pl.domains(sdata, key=_DOMAIN_KEY, save=path),
+        "factors": lambda: si.pl.factors(sdata, factors=strongest, n_genes=3, save=path, show=False),
+        "programs": lambda: si.pl.loadings(sdata, factors=strongest, save=path, show=False),
+        "history": lambda: si.pl.history(sdata, save=path, show=False),
+        "domains": lambda: si.pl.domains(sdata, key=_DOMAIN_KEY, save=path, show=False),
     }[path.stem]
     plt.close(draw())
 

@@ -30,7 +30,11 @@ _save = """\
 save
     Write the figure to this path (format from the suffix).
 dpi
-    Resolution when saving."""
+    Resolution when saving.
+show
+    Show the figure (:func:`matplotlib.pyplot.show`) and return ``None``; ``False`` returns it instead, to change
+    or compose it. ``None`` follows ``sd_inspire.settings.autoshow`` (``True`` unless changed), as scanpy does. In
+    Jupyter the figure is then shown once."""
 
 d = DocstringProcessor(
     data=_data,

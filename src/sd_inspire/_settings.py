@@ -42,6 +42,9 @@ class Settings:
     """
 
     def __init__(self) -> None:
+        #: Whether the functions of :mod:`sd_inspire.pl` show their figure (and return ``None``) when not told by
+        #: their ``show`` argument; ``False`` makes them return the figure, e.g. in scripts and tests.
+        self.autoshow = True
         self._handler: logging.Handler | None = None
         # a level set on the "sd_inspire" logger before the import is kept (and shown as the verbosity)
         known = {level: v for v, level in _LEVELS.items()}
@@ -99,7 +102,7 @@ class Settings:
             logger.propagate = state[3]
 
     def __repr__(self) -> str:
-        return f"sd_inspire.settings(verbosity={self._verbosity.name!r})"
+        return f"sd_inspire.settings(verbosity={self._verbosity.name!r}, autoshow={self.autoshow})"
 
 
 def _as_verbosity(value: int | str | Verbosity) -> Verbosity:

@@ -505,3 +505,22 @@ def test_factor_colour_bars_say_proportion(adata):
     fig = si.pl.factors(adata, [0, 1])
     labels = [ax.get_ylabel() for ax in fig.axes[6:]]  # 2 factors x 3 slices of maps, then the colour bars
     assert labels == ["proportion", "proportion"]
+
+
+def test_show_returns_none_and_closes_the_figure(adata, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(True))
+    before = len(plt.get_fignums())
+    assert si.pl.history(adata, show=True) is None  # shown once (Jupyter displays it, no returned object)
+    assert shown == [True]
+    assert len(plt.get_fignums()) == before
+    assert si.pl.history(adata, show=False) is not None
+    with si.settings.override(verbosity="warning"):
+        si.settings.autoshow = True
+        try:
+            assert si.pl.history(adata) is None  # show=None follows settings.autoshow
+        finally:
+            si.settings.autoshow = False
+    assert len(shown) == 2

@@ -46,7 +46,8 @@ def alignment(
     figsize: tuple[float, float] = (6.0, 5.0),
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Show the aligned slices in 3D, each at its height, coloured by an ``obs`` column or a gene.
 
     Spots are drawn at the x, y, z of ``obsm[key]`` (as written by ``sd_inspire.tl.align``), one scatter per slice.
@@ -82,7 +83,8 @@ def alignment(
 
     Returns
     -------
-    The matplotlib figure; its first axis is the 3D view, with one scatter per slice in slice order.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure; its first axis is the 3D view,
+    with one scatter per slice in slice order.
 
     Raises
     ------
@@ -101,7 +103,7 @@ def alignment(
     >>> adata = AnnData(np.zeros((18, 2), dtype=np.float32), obs=obs)
     >>> xy = np.tile(np.indices((3, 3)).reshape(2, -1).T, (2, 1)).astype(float)
     >>> adata.obsm["spatial_aligned"] = np.column_stack([xy, np.repeat([0.0, 10.0], 9)])
-    >>> fig = si.pl.alignment(adata, elev=30)
+    >>> fig = si.pl.alignment(adata, elev=30, show=False)
     >>> [t.get_text() for t in fig.axes[0].get_zticklabels()]
     ['a', 'b']
     """
@@ -150,4 +152,4 @@ def alignment(
         fig.legend(handles=legend_handles(pal), title=title, loc="outside right center", frameon=False)
     elif norm is not None:
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.6, label=color)
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)

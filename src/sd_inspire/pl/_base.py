@@ -239,10 +239,21 @@ def slice_grid(
     return fig, grid
 
 
-def finish(fig: Figure, save: str | Path | None, dpi: int) -> Figure:
-    """Save the figure if asked (format from the suffix) and return it."""
+def finish(fig: Figure, save: str | Path | None, dpi: int, show: bool | None = False) -> Figure | None:
+    """Save the figure if asked (format from the suffix); show it and return ``None``, or return it (``show``).
+
+    ``show=None`` follows ``settings.autoshow``. A shown figure is closed, so that Jupyter displays it once.
+    """
+    import matplotlib.pyplot as plt
+
+    from sd_inspire._settings import settings
+
     if save is not None:
         fig.savefig(save, dpi=dpi, bbox_inches="tight")
+    if settings.autoshow if show is None else show:
+        plt.show()
+        plt.close(fig)
+        return None
     return fig
 
 

@@ -31,7 +31,8 @@ def differential_factors(
     panel_size: float = 2.2,
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Each sample's usage of the most differential factors, by condition, titled with the adjusted p-values.
 
     One panel per factor: a point per sample (its mean usage, ``uns[key]["usage"]``) in a column per condition, a
@@ -56,7 +57,7 @@ def differential_factors(
 
     Returns
     -------
-    The matplotlib figure, one axis per factor.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure, one axis per factor.
 
     Raises
     ------
@@ -73,7 +74,7 @@ def differential_factors(
     >>> adata.obsm["inspire_factors"] = np.random.default_rng(0).dirichlet(np.ones(4), adata.n_obs)
     >>> adata.obs["condition"] = np.where(adata.obs["slice"].isin(["slice0", "slice1", "slice2"]), "control", "case")
     >>> si.tl.differential_factors(adata, condition_key="condition", sample_key="slice", reference="control")
-    >>> fig = si.pl.differential_factors(adata, n_top=2)
+    >>> fig = si.pl.differential_factors(adata, n_top=2, show=False)
     >>> len(fig.axes)
     2
     """
@@ -103,4 +104,4 @@ def differential_factors(
         p = float(best[name])
         ax.set_title(f"{name}\nadj. p = {p:.2g}" + (" *" if p < 0.05 else ""), fontsize="medium")
         ax.set_ylabel("mean usage per sample")
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)

@@ -46,7 +46,8 @@ def domains(
     point_size: float | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Map spatial domains in every slice, optionally above a reference annotation for comparison.
 
     One column per slice. The first row shows ``obs[key]``, each domain in the same colour in every slice; with
@@ -77,8 +78,9 @@ def domains(
 
     Returns
     -------
-    The matplotlib figure; its axes are the panels, row by row (domains, then reference). Columns are titled with
-    the slice names and rows labelled with ``key`` and ``reference``.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure; its axes are the panels, row by
+    row (domains, then reference). Columns are titled with the slice names and rows labelled with ``key`` and
+    ``reference``.
 
     Raises
     ------
@@ -96,7 +98,7 @@ def domains(
     >>> adata.obsm["spatial"] = np.tile(np.indices((3, 3)).reshape(2, -1).T, (2, 1)).astype(float)
     >>> adata.obs["inspire_domain"] = pd.Categorical(np.where(adata.obsm["spatial"][:, 1] < 1, "0", "1"))
     >>> adata.obs["layer"] = pd.Categorical(np.where(adata.obsm["spatial"][:, 1] < 2, "L1", "L2"))
-    >>> fig = si.pl.domains(adata, reference="layer")
+    >>> fig = si.pl.domains(adata, reference="layer", show=False)
     >>> [ax.get_title() for ax in fig.axes[:2]], fig.axes[2].get_ylabel()
     (['a', 'b'], 'layer')
     """
@@ -122,7 +124,7 @@ def domains(
         axes[-1].legend(
             handles=legend_handles(pal), title=name, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
         )
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)
 
 
 def _matched_palette(

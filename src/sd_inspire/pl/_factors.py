@@ -69,7 +69,8 @@ def factors(
     shapes: bool = False,
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Map spatial factors in every slice: one row per factor, one column per slice.
 
     By default each row (one factor) has its own colour scale, shared by all slices and shown by a colorbar at the
@@ -122,8 +123,8 @@ def factors(
 
     Returns
     -------
-    The matplotlib figure. Its first ``len(factors) * n_slices`` axes are the maps, row by row; the colorbars
-    follow.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure. Its first ``len(factors) *
+    n_slices`` axes are the maps, row by row; the colorbars follow.
 
     Raises
     ------
@@ -144,7 +145,7 @@ def factors(
     >>> adata.obsm["spatial"] = np.tile(np.indices((3, 3)).reshape(2, -1).T, (2, 1)).astype(float)
     >>> share = adata.obsm["spatial"][:, 0] / 2
     >>> adata.obsm["inspire_factors"] = np.column_stack([share, 1 - share])
-    >>> fig = si.pl.factors(adata, factors=[1, 0])
+    >>> fig = si.pl.factors(adata, factors=[1, 0], show=False)
     >>> [ax.get_title() for ax in fig.axes[:2]], fig.axes[0].get_ylabel(), fig.axes[2].get_ylabel()
     (['a', 'b'], 'factor_1', 'factor_0')
     """
@@ -184,7 +185,7 @@ def factors(
             fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(row), shrink=0.8, label=what)
     if shared is not None:
         fig.colorbar(plt.cm.ScalarMappable(norm=shared, cmap=cmap), ax=list(grid.ravel()), shrink=0.6, label=what)
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)
 
 
 def _draw_shapes(
@@ -281,7 +282,8 @@ def loadings(
     color: str = "C0",
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Top genes of each gene program: one horizontal bar chart per factor.
 
     Each program ``B_k`` (a column of ``varm["{key}_loadings"]``) is a distribution over genes. Genes expressed
@@ -321,7 +323,8 @@ def loadings(
 
     Returns
     -------
-    The matplotlib figure, one axis per factor titled ``factor_k`` (and ``≈ factor_j`` for near-duplicates).
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure, one axis per factor titled
+    ``factor_k`` (and ``≈ factor_j`` for near-duplicates).
 
     Raises
     ------
@@ -338,7 +341,7 @@ def loadings(
     >>> import sd_inspire as si
     >>> adata = AnnData(np.zeros((2, 4), dtype=np.float32), var=pd.DataFrame(index=["A", "B", "C", "D"]))
     >>> adata.varm["inspire_loadings"] = np.array([[0.1, 0.4], [0.5, 0.1], [0.3, 0.2], [0.1, 0.3]])
-    >>> fig = si.pl.loadings(adata, n_top=2)
+    >>> fig = si.pl.loadings(adata, n_top=2, show=False)
     >>> [t.get_text() for t in fig.axes[1].get_yticklabels()]
     ['A', 'D']
     """
@@ -370,7 +373,7 @@ def loadings(
         ax.set_title(title)
         ax.set_xlabel(_RANK_LABELS[rank])
         ax.xaxis.set_major_locator(MaxNLocator(3))  # long tick labels of small scores would overlap
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)
 
 
 def _redundant(adata: AnnData, key: str) -> dict[str, list[str]]:

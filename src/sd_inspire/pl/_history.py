@@ -36,7 +36,8 @@ def history(
     panel_size: float = 3.0,
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Plot the training curves of the loss terms: one panel per term, raw and smoothed.
 
     Each panel shows a term of ``uns[key]["history"]`` (one value per training step) as a thin, light line, and its
@@ -65,8 +66,8 @@ def history(
 
     Returns
     -------
-    The matplotlib figure, one axis per term titled with its name. Its lines are the raw curve (x: steps from 1)
-    and, when smoothing, the moving average.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure, one axis per term titled with its
+    name. Its lines are the raw curve (x: steps from 1) and, when smoothing, the moving average.
 
     Raises
     ------
@@ -81,7 +82,7 @@ def history(
     >>> adata = AnnData(np.zeros((2, 2), dtype=np.float32))
     >>> steps = np.arange(100)
     >>> adata.uns["inspire"] = {"history": {"poisson": 5 * np.exp(-steps / 20), "prior": 1 / (1 + steps)}}
-    >>> fig = si.pl.history(adata, smooth=9)
+    >>> fig = si.pl.history(adata, smooth=9, show=False)
     >>> [ax.get_title() for ax in fig.axes], len(fig.axes[0].lines)
     (['poisson', 'prior'], 2)
     """
@@ -120,7 +121,7 @@ def history(
         ax.set_xlabel("training step")
         ax.set_ylabel("total loss" if name == "loss" else "loss term")
     axes[0].legend(fontsize="small", frameon=False)
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:

@@ -41,7 +41,8 @@ def spatial(
     vmax: float | str | None = "p99",
     save: str | Path | None = None,
     dpi: int = 100,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Plot every slice in its own panel, coloured by an ``obs`` column or a gene, on one colour scale.
 
     Categories get the same colour in every slice; a continuous colour shares its range across slices.
@@ -72,13 +73,13 @@ def spatial(
 
     Returns
     -------
-    The matplotlib figure.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure.
 
     Examples
     --------
     >>> import sd_inspire as si
     >>> sdata = si.datasets.simulate(2, n_spots=300)
-    >>> fig = si.pl.spatial(sdata, color="domain")
+    >>> fig = si.pl.spatial(sdata, color="domain", show=False)
     >>> len(fig.axes)
     2
     """
@@ -99,4 +100,4 @@ def spatial(
         )
     elif norm is not None:
         fig.colorbar(drawn[-1], ax=axes, shrink=0.7, label=color)
-    return finish(fig, save, dpi)
+    return finish(fig, save, dpi, show)
