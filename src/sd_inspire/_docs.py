@@ -36,6 +36,11 @@ show
     or compose it. ``None`` follows ``sd_inspire.settings.autoshow`` (``True`` unless changed), as scanpy does. In
     Jupyter the figure is then shown once."""
 
+_ax = """\
+ax
+    Draw into this matplotlib axis (the plot must then have one panel: one slice, one factor or one term), e.g.
+    to compose a figure of your own; legends and colour bars go into its figure."""
+
 d = DocstringProcessor(
     data=_data,
     table_key=_table_key,
@@ -44,6 +49,7 @@ d = DocstringProcessor(
     copy_returns=_copy_returns,
     random_state=_random_state,
     save=_save,
+    ax=_ax,
 )
 
 __all__ = ["d"]

@@ -524,3 +524,25 @@ def test_show_returns_none_and_closes_the_figure(adata, monkeypatch):
         finally:
             si.settings.autoshow = False
     assert len(shown) == 2
+
+
+def test_ax_draws_one_panel_into_a_given_axis(adata):
+    one = adata[adata.obs["slice"] == adata.obs["slice"].cat.categories[0]].copy()
+    one.obs["slice"] = one.obs["slice"].cat.remove_unused_categories()
+    for draw in (
+        lambda ax: si.pl.spatial(one, color="inspire_domain" if "inspire_domain" in one.obs else None, ax=ax),
+        lambda ax: si.pl.factors(one, [1], ax=ax),
+        lambda ax: si.pl.loadings(adata, [0], n_top=3, ax=ax),
+        lambda ax: si.pl.history(adata, terms="poisson", ax=ax),
+    ):
+        fig, (left, right) = plt.subplots(1, 2)
+        assert draw(right) is right.figure
+        assert right.has_data() or right.patches or right.lines
+        assert not left.has_data()
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="`ax` takes a plot of one panel; this one has 3: choose one of the factors"):
+        si.pl.loadings(adata, ax=ax)
+    with pytest.raises(ValueError, match="3D axis"):
+        si.pl.alignment(adata, ax=ax)
+    plt.close(fig)

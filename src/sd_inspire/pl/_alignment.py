@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -44,6 +45,7 @@ def alignment(
     vmax: float | str | None = "p99",
     point_size: float | None = None,
     figsize: tuple[float, float] = (6.0, 5.0),
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -79,6 +81,7 @@ def alignment(
         Marker size; by default from the number of spots per slice.
     figsize
         Size of the figure in inches.
+    %(ax)s
     %(save)s
 
     Returns
@@ -126,8 +129,13 @@ def alignment(
     pal = palette(colors.categories, adata, color or slice_key) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if pal is None and colors.values is not None else None
 
-    fig = plt.figure(figsize=figsize, layout="constrained")
-    ax: Any = fig.add_subplot(projection="3d")
+    if ax is not None:
+        if getattr(ax, "name", None) != "3d":
+            raise ValueError("`ax` must be a 3D axis (`fig.add_subplot(projection='3d')`).")
+        fig = ax.figure
+    else:
+        fig = plt.figure(figsize=figsize, layout="constrained")
+        ax = fig.add_subplot(projection="3d")
     names = list(slices.cat.categories)
     heights = []
     for name in names:

@@ -200,42 +200,73 @@ def legend_handles(pal: Mapping[str, Any]) -> list[Any]:
     return [plt.Line2D([], [], marker="o", ls="", color=c, label=str(k)) for k, c in pal.items()]
 
 
-def panel_grid(n_panels: int, ncols: int, size: tuple[float, float], **kwargs: Any) -> tuple[Figure, list[Axes]]:
-    """A figure with ``n_panels`` axes, ``ncols`` per row (fewer if fewer panels); unused cells removed."""
+def panel_grid(
+    n_panels: int, ncols: int, size: tuple[float, float], ax: Axes | None = None, what: str = "panels", **kwargs: Any
+) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n_panels`` axes, ``ncols`` per row (fewer if fewer panels); unused cells removed.
+
+    With ``ax``, the one panel is drawn there (see :func:`given_axis`).
+    """
     import matplotlib.pyplot as plt
 
+    if ax is not None:
+        return given_axis(ax, n_panels, what), [ax]
     ncols = max(1, min(ncols, n_panels))
     nrows = int(np.ceil(n_panels / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, **kwargs)
     flat = list(axes.ravel())
-    for ax in flat[n_panels:]:
-        ax.remove()
+    for extra in flat[n_panels:]:
+        extra.remove()
     return fig, flat[:n_panels]
 
 
+def given_axis(ax: Axes, n_panels: int, what: str) -> Figure:
+    """The figure of ``ax``, where a plot of exactly one panel goes.
+
+    Raises
+    ------
+    ValueError
+        If the plot has more than one panel (``what`` says what to choose to get one).
+    """
+    if n_panels != 1:
+        raise ValueError(f"`ax` takes a plot of one panel; this one has {n_panels}: choose one of the {what}.")
+    return ax.figure
+
+
 def slice_grid(
-    row_labels: Sequence[str], slices: pd.Series, slice_key: str | None, panel_size: float, margin: float
+    row_labels: Sequence[str],
+    slices: pd.Series,
+    slice_key: str | None,
+    panel_size: float,
+    margin: float,
+    ax: Axes | None = None,
+    what: str = "slices",
 ) -> tuple[Figure, np.ndarray]:
     """A figure with one row per label and one column per slice.
 
     Rows are labelled on the y axis of their first panel, columns titled with the slice names (unless
-    ``slice_key`` is ``None``); ``margin`` inches are added to the width for legends or colorbars.
+    ``slice_key`` is ``None``); ``margin`` inches are added to the width for legends or colorbars. With ``ax``, the
+    one panel (one row, one slice) is drawn there.
     """
     import matplotlib.pyplot as plt
 
     names = list(slices.cat.categories)
-    fig, grid = plt.subplots(
-        len(row_labels),
-        len(names),
-        figsize=(panel_size * len(names) + margin, panel_size * len(row_labels)),
-        squeeze=False,
-        layout="constrained",
-    )
+    if ax is not None:
+        fig = given_axis(ax, len(row_labels) * len(names), what)
+        grid = np.array([[ax]], dtype=object)
+    else:
+        fig, grid = plt.subplots(
+            len(row_labels),
+            len(names),
+            figsize=(panel_size * len(names) + margin, panel_size * len(row_labels)),
+            squeeze=False,
+            layout="constrained",
+        )
     for row, label in zip(grid, row_labels, strict=True):
         row[0].set_ylabel(label)
     if slice_key is not None:
-        for ax, name in zip(grid[0], names, strict=True):
-            ax.set_title(str(name))
+        for panel, name in zip(grid[0], names, strict=True):
+            panel.set_title(str(name))
     return fig, grid
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -29,6 +30,7 @@ def differential_factors(
     table_key: str | None = None,
     ncols: int = 4,
     panel_size: float = 2.2,
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -53,6 +55,7 @@ def differential_factors(
         Panels per row.
     panel_size
         Width and height of a panel in inches.
+    %(ax)s
     %(save)s
 
     Returns
@@ -91,7 +94,7 @@ def differential_factors(
     conditions = [str(c) for c in usage["condition"].cat.categories]
     colors = palette(conditions)
     best = results.groupby("factor")["pvalue_adj"].min()
-    fig, axes = panel_grid(len(chosen), ncols, (panel_size, panel_size), layout="constrained")
+    fig, axes = panel_grid(len(chosen), ncols, (panel_size, panel_size), ax=ax, what="factors", layout="constrained")
     rng = np.random.default_rng(0)  # jitter only
     for ax, name in zip(axes, chosen, strict=True):
         for x, condition in enumerate(conditions):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -44,6 +45,7 @@ def domains(
     spatial_key: str = Key.SPATIAL,
     panel_size: float = 3.0,
     point_size: float | None = None,
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -74,6 +76,7 @@ def domains(
         Width and height of a panel in inches.
     point_size
         Marker size; by default from the number of spots per slice.
+    %(ax)s
     %(save)s
 
     Returns
@@ -118,7 +121,15 @@ def domains(
         rows = [(key, domain, palette(domain.categories or [], adata, key))]
     slices = get_slices(adata, slice_key)
     coords = get_spatial(adata, spatial_key, slices=slices)
-    fig, grid = slice_grid([name for name, _, _ in rows], slices, slice_key, panel_size, margin=1.5)
+    fig, grid = slice_grid(
+        [name for name, _, _ in rows],
+        slices,
+        slice_key,
+        panel_size,
+        margin=1.5,
+        ax=ax,
+        what="slices, without a reference",
+    )
     for axes, (name, colors, pal) in zip(grid, rows, strict=True):
         scatter_slices(axes, slices, coords, colors, pal=pal, point_size=point_size)
         axes[-1].legend(

@@ -67,6 +67,7 @@ def factors(
     panel_size: float = 2.5,
     point_size: float | None = None,
     shapes: bool = False,
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -119,6 +120,7 @@ def factors(
     shapes
         For a :class:`~spatialdata.SpatialData`, draw the real spot or cell shapes that the table annotates with
         spatialdata-plot (``render_shapes``) instead of points; slower. Needs the ``spatialdata-plot`` package.
+    %(ax)s
     %(save)s
 
     Returns
@@ -173,7 +175,7 @@ def factors(
 
     # what the colour shows: the factors' proportions, or (obsm_key) what that map holds
     what = "proportion" if obsm_key is None else ("standard deviation" if name.endswith("_sd") else name)
-    fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0)
+    fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0, ax=ax, what="factors and slices")
     shared = make_norm(maps[:, chosen], vmax, from_zero=True) if share == "all" else None
     for row, k in zip(grid, chosen, strict=True):
         norm = shared if shared is not None else make_norm(maps[:, k], vmax, from_zero=True)
@@ -280,6 +282,7 @@ def loadings(
     ncols: int = 4,
     panel_size: float = 2.5,
     color: str = "C0",
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -319,6 +322,7 @@ def loadings(
         Width of a panel in inches; the height grows with ``n_top``.
     color
         Colour of the bars.
+    %(ax)s
     %(save)s
 
     Returns
@@ -361,7 +365,9 @@ def loadings(
     ]
     twins = _redundant(adata, key)
     n_rows = max(len(names) for names, _ in tops)
-    fig, axes = panel_grid(len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), layout="constrained")
+    fig, axes = panel_grid(
+        len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), ax=ax, what="factors", layout="constrained"
+    )
     for ax, k, (names, weights) in zip(axes, chosen, tops, strict=True):
         y = np.arange(len(names))
         ax.barh(y, weights, color=color)

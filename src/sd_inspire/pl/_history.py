@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -34,6 +35,7 @@ def history(
     log: bool = False,
     ncols: int = 4,
     panel_size: float = 3.0,
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -62,6 +64,7 @@ def history(
         Panels per row.
     panel_size
         Width and height of a panel in inches.
+    %(ax)s
     %(save)s
 
     Returns
@@ -103,7 +106,9 @@ def history(
             raise KeyError(f"Terms {unknown} are not in `adata.uns[{key!r}]['history']`; it holds {list(curves)}.")
     if not names:
         raise ValueError(f"`adata.uns[{key!r}]['history']` holds no loss terms to plot.")
-    fig, axes = panel_grid(len(names), ncols, (panel_size, panel_size * 0.8), layout="constrained")
+    fig, axes = panel_grid(
+        len(names), ncols, (panel_size, panel_size * 0.8), ax=ax, what="terms (`terms=`)", layout="constrained"
+    )
     for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         y = curves[name]
         steps = np.arange(1, len(y) + 1)

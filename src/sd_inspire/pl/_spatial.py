@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -39,6 +40,7 @@ def spatial(
     point_size: float | None = None,
     cmap: str = "viridis",
     vmax: float | str | None = "p99",
+    ax: Axes | None = None,
     save: str | Path | None = None,
     dpi: int = 100,
     show: bool | None = None,
@@ -69,6 +71,7 @@ def spatial(
     vmax
         Upper end of the continuous colour scale: a number, ``"pNN"`` for the NN-th percentile over all slices,
         or ``None`` for the maximum.
+    %(ax)s
     %(save)s
 
     Returns
@@ -88,7 +91,7 @@ def spatial(
     coords = get_spatial(adata, spatial_key, slices=slices)
     colors = color_values(adata, color, layer)
     n = len(slices.cat.categories)
-    fig, axes = panel_grid(n, ncols, (panel_size, panel_size))
+    fig, axes = panel_grid(n, ncols, (panel_size, panel_size), ax=ax, what="slices (subset the table)")
     pal = palette(colors.categories, adata, color) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if colors.values is not None and not colors.categorical else None
     drawn = scatter_slices(axes, slices, coords, colors, pal=pal, norm=norm, cmap=cmap, point_size=point_size)
