@@ -104,8 +104,8 @@ def factors(
         How the top genes are chosen: ``"specificity"`` (genes that weigh in the program more than in the others,
         see :func:`~sd_inspire.pl.loadings`) or ``"loading"`` (the largest loadings).
     exclude
-        Regular expression of gene names left out of the top genes, e.g. ``"^(MT-|RP[SL][0-9])"`` for mitochondrial
-        and ribosomal protein genes.
+        Regular expression of gene names left out of the top genes, e.g. ``"^MT-"`` for mitochondrial genes (see
+        :func:`~sd_inspire.pl.loadings`).
     share
         ``"row"``: one colour scale per factor; ``"all"``: one colour scale for the whole figure.
     vmax
@@ -125,8 +125,8 @@ def factors(
 
     Returns
     -------
-    ``None`` when the figure is shown (see ``show``); else the matplotlib figure. Its first ``len(factors) *
-    n_slices`` axes are the maps, row by row; the colorbars follow.
+    ``None`` when the figure is shown (see ``show``); else the matplotlib figure. Its first
+    ``len(factors) * n_slices`` axes are the maps, row by row; the colorbars follow.
 
     Raises
     ------
@@ -312,7 +312,8 @@ def loadings(
         ``"specificity"`` or ``"loading"``, see above; the x axis says which, with its definition.
     exclude
         Regular expression of gene names left out (matched against ``gene_symbols`` when given), e.g.
-        ``"^(MT-|RP[SL][0-9])"`` for mitochondrial and ribosomal protein genes, or ``"^(GAPDH|ACTB|MALAT1)$"``.
+        ``"^MT-"`` for mitochondrial genes, ``"^RP[SL][0-9]"`` for ribosomal protein genes, or
+        ``"^(GAPDH|ACTB|MALAT1)$"`` for some housekeeping genes.
     %(table_key)s
     gene_symbols
         Column of :attr:`~anndata.AnnData.var` with the gene names to show instead of ``var_names``.
