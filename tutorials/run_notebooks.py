@@ -25,6 +25,7 @@ NOTEBOOKS: dict[str, tuple[str | None, dict[str, object]]] = {
     "cross_technology.ipynb": (None, {"max_steps": 30, "n_spots": 600}),
     "alignment_3d.ipynb": ("visium/DLPFC_151673-151676", {"max_steps": 30}),
     "reference_mapping.ipynb": ("visium/DLPFC_151673-151676", {"max_steps": 30, "n_spots": 300}),
+    "plotting.ipynb": ("visium/DLPFC_151673-151676", {"max_steps": 30}),
     "large_data.ipynb": (None, {"max_steps": 20, "n_spots": 2_000}),
 }
 

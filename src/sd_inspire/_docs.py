@@ -33,8 +33,8 @@ dpi
     Resolution when saving.
 show
     Show the figure (:func:`matplotlib.pyplot.show`) and return ``None``; ``False`` returns it instead, to change
-    or compose it. ``None`` follows ``sd_inspire.settings.autoshow`` (``True`` unless changed), as scanpy does. In
-    Jupyter the figure is then shown once."""
+    or compose it. ``None`` follows ``sd_inspire.settings.autoshow`` (``True`` unless changed), as scanpy does,
+    except with ``ax``: the figure being composed is returned, not shown. In Jupyter the figure is shown once."""
 
 _ax = """\
 ax

@@ -521,6 +521,9 @@ def test_show_returns_none_and_closes_the_figure(adata, monkeypatch):
         si.settings.autoshow = True
         try:
             assert si.pl.history(adata) is None  # show=None follows settings.autoshow
+            fig, ax = plt.subplots()
+            assert si.pl.history(adata, terms="loss", ax=ax) is fig  # composing a figure: not shown, not closed
+            assert plt.fignum_exists(fig.number)
         finally:
             si.settings.autoshow = False
     assert len(shown) == 2

@@ -129,10 +129,11 @@ def alignment(
     pal = palette(colors.categories, adata, color or slice_key) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if pal is None and colors.values is not None else None
 
-    if ax is not None:
-        if getattr(ax, "name", None) != "3d":
+    given = ax
+    if given is not None:
+        if getattr(given, "name", None) != "3d":
             raise ValueError("`ax` must be a 3D axis (`fig.add_subplot(projection='3d')`).")
-        fig = ax.figure
+        fig = given.figure
     else:
         fig = plt.figure(figsize=figsize, layout="constrained")
         ax = fig.add_subplot(projection="3d")
@@ -160,4 +161,4 @@ def alignment(
         fig.legend(handles=legend_handles(pal), title=title, loc="outside right center", frameon=False)
     elif norm is not None:
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.6, label=color)
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)

@@ -270,10 +270,13 @@ def slice_grid(
     return fig, grid
 
 
-def finish(fig: Figure, save: str | Path | None, dpi: int, show: bool | None = False) -> Figure | None:
+def finish(
+    fig: Figure, save: str | Path | None, dpi: int, show: bool | None = False, ax: Axes | None = None
+) -> Figure | None:
     """Save the figure if asked (format from the suffix); show it and return ``None``, or return it (``show``).
 
-    ``show=None`` follows ``settings.autoshow``. A shown figure is closed, so that Jupyter displays it once.
+    ``show=None`` follows ``settings.autoshow``, except into a given ``ax``: the user's figure is being composed, so
+    it is returned, not shown. A shown figure is closed, so that Jupyter displays it once.
     """
     import matplotlib.pyplot as plt
 
@@ -281,7 +284,7 @@ def finish(fig: Figure, save: str | Path | None, dpi: int, show: bool | None = F
 
     if save is not None:
         fig.savefig(save, dpi=dpi, bbox_inches="tight")
-    if settings.autoshow if show is None else show:
+    if (settings.autoshow and ax is None) if show is None else show:
         plt.show()
         plt.close(fig)
         return None

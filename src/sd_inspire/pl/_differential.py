@@ -81,6 +81,7 @@ def differential_factors(
     >>> len(fig.axes)
     2
     """
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     out = require(adata.uns, key, "uns", "differential_factors", "tl.differential_factors")
     results, usage = out["results"], out["usage"]
@@ -94,7 +95,7 @@ def differential_factors(
     conditions = [str(c) for c in usage["condition"].cat.categories]
     colors = palette(conditions)
     best = results.groupby("factor")["pvalue_adj"].min()
-    fig, axes = panel_grid(len(chosen), ncols, (panel_size, panel_size), ax=ax, what="factors", layout="constrained")
+    fig, axes = panel_grid(len(chosen), ncols, (panel_size, panel_size), ax=given, what="factors", layout="constrained")
     rng = np.random.default_rng(0)  # jitter only
     for ax, name in zip(axes, chosen, strict=True):
         for x, condition in enumerate(conditions):
@@ -107,4 +108,4 @@ def differential_factors(
         p = float(best[name])
         ax.set_title(f"{name}\nadj. p = {p:.2g}" + (" *" if p < 0.05 else ""), fontsize="medium")
         ax.set_ylabel("mean usage per sample")
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)

@@ -105,6 +105,7 @@ def domains(
     >>> [ax.get_title() for ax in fig.axes[:2]], fig.axes[2].get_ylabel()
     (['a', 'b'], 'layer')
     """
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     domain = labels(require(adata.obs, key, "obs", "domains", "tl.domains"))
     rows: list[tuple[str, Colors, dict[str, tuple[float, ...]]]]
@@ -127,7 +128,7 @@ def domains(
         slice_key,
         panel_size,
         margin=1.5,
-        ax=ax,
+        ax=given,
         what="slices, without a reference",
     )
     for axes, (name, colors, pal) in zip(grid, rows, strict=True):
@@ -135,7 +136,7 @@ def domains(
         axes[-1].legend(
             handles=legend_handles(pal), title=name, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
         )
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)
 
 
 def _matched_palette(

@@ -153,6 +153,7 @@ def factors(
     """
     import matplotlib.pyplot as plt
 
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     name = obsm_key if obsm_key is not None else f"{key}_factors"
     writer = "tl.integrate(..., uncertainty=True)" if name.endswith("_sd") else "tl.integrate"
@@ -175,7 +176,7 @@ def factors(
 
     # what the colour shows: the factors' proportions, or (obsm_key) what that map holds
     what = "proportion" if obsm_key is None else ("standard deviation" if name.endswith("_sd") else name)
-    fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0, ax=ax, what="factors and slices")
+    fig, grid = slice_grid(row_labels, slices, slice_key, panel_size, margin=1.0, ax=given, what="factors and slices")
     shared = make_norm(maps[:, chosen], vmax, from_zero=True) if share == "all" else None
     for row, k in zip(grid, chosen, strict=True):
         norm = shared if shared is not None else make_norm(maps[:, k], vmax, from_zero=True)
@@ -187,7 +188,7 @@ def factors(
             fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(row), shrink=0.8, label=what)
     if shared is not None:
         fig.colorbar(plt.cm.ScalarMappable(norm=shared, cmap=cmap), ax=list(grid.ravel()), shrink=0.6, label=what)
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)
 
 
 def _draw_shapes(
@@ -352,6 +353,7 @@ def loadings(
     """
     from matplotlib.ticker import MaxNLocator
 
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     values = as_matrix(require(adata.varm, f"{key}_loadings", "varm", "loadings", "tl.integrate"))
     chosen = select_factors(factors, values.shape[1], f"`adata.varm[{key + '_loadings'!r}]`")
@@ -367,7 +369,7 @@ def loadings(
     twins = _redundant(adata, key)
     n_rows = max(len(names) for names, _ in tops)
     fig, axes = panel_grid(
-        len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), ax=ax, what="factors", layout="constrained"
+        len(chosen), ncols, (panel_size, 0.6 + 0.2 * n_rows), ax=given, what="factors", layout="constrained"
     )
     for ax, k, (names, weights) in zip(axes, chosen, tops, strict=True):
         y = np.arange(len(names))
@@ -380,7 +382,7 @@ def loadings(
         ax.set_title(title)
         ax.set_xlabel(_RANK_LABELS[rank])
         ax.xaxis.set_major_locator(MaxNLocator(3))  # long tick labels of small scores would overlap
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)
 
 
 def _redundant(adata: AnnData, key: str) -> dict[str, list[str]]:

@@ -89,6 +89,7 @@ def history(
     >>> [ax.get_title() for ax in fig.axes], len(fig.axes[0].lines)
     (['poisson', 'prior'], 2)
     """
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     record = require(adata.uns, key, "uns", "history", "tl.integrate")
     if not hasattr(record, "keys") or "history" not in record:
@@ -107,7 +108,7 @@ def history(
     if not names:
         raise ValueError(f"`adata.uns[{key!r}]['history']` holds no loss terms to plot.")
     fig, axes = panel_grid(
-        len(names), ncols, (panel_size, panel_size * 0.8), ax=ax, what="terms (`terms=`)", layout="constrained"
+        len(names), ncols, (panel_size, panel_size * 0.8), ax=given, what="terms (`terms=`)", layout="constrained"
     )
     for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         y = curves[name]
@@ -126,7 +127,7 @@ def history(
         ax.set_xlabel("training step")
         ax.set_ylabel("total loss" if name == "loss" else "loss term")
     axes[0].legend(fontsize="small", frameon=False)
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:

@@ -86,12 +86,13 @@ def spatial(
     >>> len(fig.axes)
     2
     """
+    given = ax  # the panels' loops below reuse the name `ax`
     adata = get_table(data, table_key)
     slices = get_slices(adata, slice_key)
     coords = get_spatial(adata, spatial_key, slices=slices)
     colors = color_values(adata, color, layer)
     n = len(slices.cat.categories)
-    fig, axes = panel_grid(n, ncols, (panel_size, panel_size), ax=ax, what="slices (subset the table)")
+    fig, axes = panel_grid(n, ncols, (panel_size, panel_size), ax=given, what="slices (subset the table)")
     pal = palette(colors.categories, adata, color) if colors.categories is not None else None
     norm = make_norm(colors.values, vmax) if colors.values is not None and not colors.categorical else None
     drawn = scatter_slices(axes, slices, coords, colors, pal=pal, norm=norm, cmap=cmap, point_size=point_size)
@@ -103,4 +104,4 @@ def spatial(
         )
     elif norm is not None:
         fig.colorbar(drawn[-1], ax=axes, shrink=0.7, label=color)
-    return finish(fig, save, dpi, show)
+    return finish(fig, save, dpi, show, given)
