@@ -232,3 +232,11 @@ def median_neighbour_distance(coords: np.ndarray) -> float | None:
 def factor_label(k: int) -> str:
     """Name of factor ``k`` wherever factors are named: the SpatialData factor table, plots, result tables."""
     return f"factor_{k}"
+
+
+def category_colors(n: int) -> list[tuple[float, ...]]:
+    """``n`` distinct colours (tab10, tab20, repeated beyond 20): the default of every labelling's colours."""
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]

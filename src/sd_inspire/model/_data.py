@@ -210,7 +210,7 @@ def _lognorm_pca(
         return y, float(pca.explained_variance_[0]), pca.components_.T.astype(np.float32)
     # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
     y, first_variance, axes = _sparse_pca(x, n_comp, chunk_size)
-    y -= np.vstack([y[codes == k].mean(axis=0) for k in range(n_slices)])[codes]
+    _centred_per_slice(y, codes, n_slices)
     return y, first_variance, axes
 
 
@@ -348,15 +348,19 @@ def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *arg
     return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
 
 
-def within_slice_sd(features: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
-    """Standard deviation of each column of ``features`` around its slice's mean, pooled over the slices."""
+def _slice_deviations(features: np.ndarray, codes: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per slice, and per slice and column the sum of squared deviations from the slice's mean (float64)."""
     indicator = _slice_indicator(codes, n_slices)
     sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
     x = np.asarray(features, dtype=np.float64)
     means = (indicator @ x) / np.maximum(sizes, 1)[:, None]
-    squares = indicator @ (x * x)
-    within = squares - sizes[:, None] * means**2  # sum over slices of the squared deviations from the slice mean
-    return np.sqrt(np.clip(within.sum(axis=0), 0.0, None) / max(codes.size - n_slices, 1))
+    return sizes, np.clip(indicator @ (x * x) - sizes[:, None] * means**2, 0.0, None)
+
+
+def within_slice_sd(features: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
+    """Standard deviation of each column of ``features`` around its slice's mean, pooled over the slices."""
+    _, deviations = _slice_deviations(features, codes, n_slices)
+    return np.sqrt(deviations.sum(axis=0) / max(codes.size - n_slices, 1))
 
 
 def match_input_scale(features: np.ndarray, codes: np.ndarray, n_slices: int, target_sd: np.ndarray) -> np.ndarray:
@@ -368,13 +372,16 @@ def match_input_scale(features: np.ndarray, codes: np.ndarray, n_slices: int, ta
     of another scale than those it was trained on. Columns without spread in a slice are left alone. Returns the
     factors (slices x columns).
     """
-    factors = np.ones((n_slices, features.shape[1]))
-    for k in range(n_slices):
-        rows = codes == k
-        sd = within_slice_sd(features[rows], np.zeros(int(rows.sum()), dtype=np.int64), 1)
-        factors[k] = np.divide(target_sd, sd, out=np.ones_like(sd), where=sd > 1e-8)
-        features[rows] *= factors[k].astype(features.dtype)
+    sizes, deviations = _slice_deviations(features, codes, n_slices)
+    sd = np.sqrt(deviations / np.maximum(sizes - 1, 1)[:, None])
+    factors = np.divide(target_sd, sd, out=np.ones_like(sd), where=sd > 1e-8)
+    features *= factors.astype(features.dtype)[codes]
     return factors
+
+
+def _centred_per_slice(y: np.ndarray, codes: np.ndarray, n_slices: int) -> None:
+    """Subtract from each row of ``y`` (in place) the mean of its slice's rows."""
+    y -= np.vstack([y[codes == k].mean(axis=0) for k in range(n_slices)])[codes]
 
 
 def _slice_indicator(codes: np.ndarray, n_slices: int) -> sparse.csr_matrix:
@@ -806,7 +813,7 @@ def prepare_query(
     else:
         x = _placed_columns(adata.X, adata.var_names.get_indexer(feature_genes), chunk_size)
         y = matmul_rows(x, reduction.axes, chunk_size)
-        y -= np.vstack([y[codes == k].mean(axis=0) for k in range(len(slice_names))])[codes]  # centred per slice
+        _centred_per_slice(y, codes, len(slice_names))
     y /= reduction.scale
 
     if connectivity_key not in adata.obsp:

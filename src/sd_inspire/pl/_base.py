@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from sd_inspire._utils import category_colors
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from pathlib import Path
@@ -95,14 +97,6 @@ def make_norm(values: np.ndarray, vmax: float | str | None, *, from_zero: bool =
     if from_zero:
         low = min(low, 0.0)
     return plt.Normalize(vmin=low, vmax=resolve_vmax(values, vmax))
-
-
-def category_colors(n: int) -> list[tuple[float, ...]]:
-    """``n`` distinct colours (tab10, tab20, repeated beyond 20)."""
-    import matplotlib as mpl
-
-    cmap = mpl.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def palette(

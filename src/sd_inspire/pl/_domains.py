@@ -9,10 +9,9 @@ import pandas as pd
 
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
-from sd_inspire._utils import get_slices, get_spatial, get_table
+from sd_inspire._utils import category_colors, get_slices, get_spatial, get_table
 from sd_inspire.pl._base import (
     MISSING,
-    category_colors,
     finish,
     labels,
     legend_handles,

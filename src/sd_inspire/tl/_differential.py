@@ -147,7 +147,8 @@ def differential_factors(
 
     values = _transformed(usage.to_numpy(), transform)
     groups = condition_of.to_numpy()
-    means = {c: values[groups == c].mean(axis=0) for c in order}
+    means = {c: values[groups == c].mean(axis=0) for c in order}  # on the test's scale
+    usages = {c: usage.to_numpy()[groups == c].mean(axis=0) for c in order}  # as proportions
     residuals = values - np.vstack([means[c] for c in groups])
     dof = values.shape[0] - len(order)
     if dof < 1:
@@ -170,10 +171,8 @@ def differential_factors(
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(se > 0, difference / se, np.where(difference == 0, 0.0, np.sign(difference) * np.inf))
         p = 2.0 * (stats.norm.sf(np.abs(t)) if np.isinf(test_dof) else stats.t.sf(np.abs(t), test_dof))
-        raw_c = usage.to_numpy()[groups == condition].mean(axis=0)
-        raw_r = usage.to_numpy()[groups == reference].mean(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lfc = np.log2(np.maximum(raw_c, _MIN_USAGE) / np.maximum(raw_r, _MIN_USAGE))
+        raw_c, raw_r = usages[condition], usages[reference]
+        lfc = np.log2(np.maximum(raw_c, _MIN_USAGE) / np.maximum(raw_r, _MIN_USAGE))
         rows.append(
             pd.DataFrame(
                 {
@@ -233,8 +232,7 @@ def _sample_usage(
     if not keep.all():
         logger.info("Differential factors: %d spots without a sample or a condition left out", int((~keep).sum()))
     sample = samples[keep].astype(str).to_numpy()
-    condition = pd.Series(conditions[keep].to_numpy(dtype=object), index=sample)
-    pairs = pd.DataFrame({"sample": sample, "condition": condition.to_numpy()}).drop_duplicates()
+    pairs = pd.DataFrame({"sample": sample, "condition": conditions[keep].to_numpy(dtype=object)}).drop_duplicates()
     mixed = pairs["sample"][pairs["sample"].duplicated()].unique()
     if mixed.size:
         first = str(mixed[0])

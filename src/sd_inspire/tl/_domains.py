@@ -10,7 +10,7 @@ from scipy import sparse
 
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import get_representation, get_table, maybe_copy, random_generator
+from sd_inspire._utils import category_colors, get_representation, get_table, maybe_copy, random_generator
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -247,8 +247,6 @@ def domains(
         }
         # one colour per domain, scanpy's convention: scanpy, squidpy and every sd-inspire figure use the same
         from matplotlib.colors import to_hex
-
-        from sd_inspire.pl._base import category_colors
 
         adata.uns[f"{key_added}_colors"] = [to_hex(c) for c in category_colors(len(categories))]
         log_added("obs", key_added)
