@@ -329,6 +329,9 @@ def run_model(table, seed: int, threads: int, model_kwargs: dict | None = None) 
     return {
         "embedding": work.obsm["X_inspire"],
         "factors": work.obsm["inspire_factors"],
+        # the training loss's relative change over the last tenth of the steps (tl.integrate's convergence check)
+        "steps": len(work.uns["inspire"]["history"]["loss"]),
+        "loss change": work.uns["inspire"]["loss_change"],
         "seconds": seconds,
         "peak GB": mem.peak,
     }
@@ -451,7 +454,7 @@ SUMMARY = [
     "graph conn.",
     "sil. domain",
 ]
-SUMMARY += ["sil. slice", "factor recovery", "seconds", "peak GB"]
+SUMMARY += ["sil. slice", "factor recovery", "steps", "loss change", "seconds", "peak GB"]
 
 
 def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
@@ -483,6 +486,7 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
                 row.update({"seconds": res["seconds"], "peak GB": res["peak GB"]})
                 if "factors" in res:
                     row["factor recovery"] = recovery(res["factors"], table)
+                row.update({k: res[k] for k in ("steps", "loss change") if k in res})
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
         if "true_proportions" in table.obsm:

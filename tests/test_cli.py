@@ -393,6 +393,7 @@ def test_integrate_summary(integrated):
     stdout = integrated["stdout"]
     assert "integrated 300 spots in 2 slices (slice0: 150, slice1: 150); 100 genes in the model" in stdout
     assert "training: 10 steps in " in stdout
+    assert "convergence: 10 steps are too few to tell whether training converged\n" in stdout
     terms = next(line for line in stdout.splitlines() if line.startswith("final loss terms: "))
     assert terms.startswith("final loss terms: loss ")
     assert "poisson" in terms

@@ -240,3 +240,24 @@ def category_colors(n: int) -> list[tuple[float, ...]]:
 
     cmap = mpl.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+CONVERGENCE_FRACTION = 0.1  # the loss of the last tenth of the steps is compared with the tenth before it
+CONVERGENCE_TOLERANCE = 0.01  # relative fall of that mean loss above which training is said not to have converged
+
+
+def convergence(loss, *, fraction: float = CONVERGENCE_FRACTION, tolerance: float = CONVERGENCE_TOLERANCE) -> dict:
+    """Whether the training loss has levelled off.
+
+    Compares the mean loss over the last ``fraction`` of the steps with its mean over the ``fraction`` before that:
+    ``loss_change`` is their relative difference (negative: the loss still falls), ``converged`` whether it fell by
+    less than ``tolerance``. Window means, not single steps, so minibatch noise does not decide. A run of fewer than
+    20 steps has windows too short to judge: ``loss_change`` is NaN and ``converged`` False.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    window = int(loss.size * fraction)
+    if loss.size < 20 or window < 2:
+        return {"converged": False, "loss_change": float("nan"), "window": window, "tolerance": tolerance}
+    last, before = loss[-window:].mean(), loss[-2 * window : -window].mean()
+    change = float((last - before) / max(abs(before), 1e-12))
+    return {"converged": bool(change > -tolerance), "loss_change": change, "window": window, "tolerance": tolerance}

@@ -213,3 +213,39 @@ def test_damaged_checkpoint_names_the_file(tiny, tmp_path):
 def test_bad_model_arguments_are_named(tiny, kwargs, error, match):
     with pytest.raises(error, match=match):
         InspireModel(tiny, **kwargs)
+
+
+def test_convergence_compares_the_last_two_tenths_of_the_loss():
+    from sd_inspire._utils import convergence
+
+    flat = np.r_[np.linspace(10.0, 5.0, 80), np.full(20, 5.0)]
+    assert convergence(flat) == {"converged": True, "loss_change": 0.0, "window": 10, "tolerance": 0.01}
+    falling = np.linspace(10.0, 5.0, 100)  # the last tenth is 0.5 / 5.5 lower than the one before
+    check = convergence(falling)
+    assert not check["converged"]
+    assert check["loss_change"] == pytest.approx(-(falling[80:90].mean() - falling[90:].mean()) / falling[80:90].mean())
+    assert convergence(falling, tolerance=0.2)["converged"]
+    rising = falling[::-1]  # a loss that rises again has stopped falling: no more steps would help it
+    assert convergence(rising)["converged"]
+    noisy = 5.0 + np.random.default_rng(0).normal(0, 0.1, 200)  # minibatch noise (2%, twice the measured): means
+    assert convergence(noisy)["converged"]
+    short = convergence(np.arange(10.0))
+    assert not short["converged"]
+    assert np.isnan(short["loss_change"])
+
+
+def test_training_that_has_not_converged_is_said_so(tiny, caplog):
+    model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16)
+    with caplog.at_level("WARNING", logger="sd_inspire"):
+        model.train(max_steps=40, lr=3e-3, show_progress_bar=False)  # stopped while the loss still falls
+    check = model.convergence
+    assert check["window"] == 4
+    assert not check["converged"]
+    assert check["loss_change"] < -0.01
+    assert "Training may not have converged" in caplog.text
+    assert f"changed by {100 * check['loss_change']:.1f}%" in caplog.text
+    assert "(`max_steps=80`)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sd_inspire"):
+        InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16).train(max_steps=5, show_progress_bar=False)
+    assert "Training ran 5 steps, too few to tell whether it converged" in caplog.text

@@ -42,6 +42,7 @@ def test_load_without_data(trained):
     np.testing.assert_allclose(model.get_loadings(), loadings, rtol=1e-6)
     np.testing.assert_allclose(model.get_slice_effects(), adata.uns["inspire"]["slice_gene_effects"], rtol=1e-6)
     assert set(model.history) == set(adata.uns["inspire"]["history"])
+    assert model.convergence["loss_change"] == pytest.approx(adata.uns["inspire"]["loss_change"], nan_ok=True)
     with pytest.raises(RuntimeError, match="loaded without data"):
         model.get_latent_representation()
     with pytest.raises(RuntimeError, match="loaded without data"):

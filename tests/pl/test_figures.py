@@ -274,14 +274,11 @@ def test_history_raw_and_smoothed_curves(adata):
     window = 15
     fig = si.pl.history(adata, smooth=window)
     hist = adata.uns["inspire"]["history"]
-    assert [ax.get_title() for ax in fig.axes] == [
-        "loss",
-        "poisson",
-        "adversarial",
-        "prior",
-    ]  # fixed order, no "_seconds"
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split("\n")[0] for t in titles] == ["loss", "poisson", "adversarial", "prior"]  # fixed, no "_seconds"
+    assert titles[0] == "loss\nstill falling (-2.0% in last tenth)"  # the check of tl.integrate, in words
     for ax in fig.axes:
-        y = hist[ax.get_title()]
+        y = hist[ax.get_title().split("\n")[0]]
         raw, smoothed = ax.lines
         np.testing.assert_allclose(raw.get_xdata(), np.arange(1, N_STEPS + 1))
         np.testing.assert_allclose(raw.get_ydata(), y)
@@ -292,6 +289,14 @@ def test_history_raw_and_smoothed_curves(adata):
         assert s[-1] == pytest.approx(y[-h - 1 :].mean())
         assert raw.get_color() == smoothed.get_color()
         assert ax.get_yscale() == "linear"
+
+
+def test_history_says_whether_training_converged(adata):
+    steps = np.arange(100.0)
+    adata.uns["inspire"]["history"]["loss"] = 10 - 0.05 * steps  # still falling: -0.5 / 5.775 over the last tenth
+    assert si.pl.history(adata, terms="loss").axes[0].get_title() == "loss\nstill falling (-8.7% in last tenth)"
+    adata.uns["inspire"]["history"]["loss"] = steps[:10]
+    assert si.pl.history(adata, terms="loss").axes[0].get_title() == "loss\ntoo few steps to judge"
 
 
 def test_history_terms_log_and_errors(adata):

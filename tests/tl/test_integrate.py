@@ -35,6 +35,8 @@ def test_integrate_spatialdata_writes_every_key():
     assert uns["params"]["n_factors"] == 4
     assert uns["slice_gene_effects"].shape == (2, in_model.sum())
     assert len(uns["history"]["loss"]) == 15
+    assert np.isnan(uns["loss_change"])  # 15 steps are too few to judge (tests/model/test_guards.py: the check)
+    assert uns["converged"] is False
     assert "torch" in uns["versions"]
     redundant = uns["redundant_factors"]
     assert list(redundant.columns) == ["factor", "similar_to", "program_similarity", "usage_correlation"]

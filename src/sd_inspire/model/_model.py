@@ -14,7 +14,7 @@ import torch
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import random_generator, values_are_counts
+from sd_inspire._utils import convergence, random_generator, values_are_counts
 from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._data import _slice_indicator, prepare, principal_axes, within_slice_sd
 from sd_inspire.model._distributed import World, world
@@ -353,6 +353,29 @@ class InspireModel:
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
         self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
         self.is_trained = True
+        check, steps = self.convergence, len(self.history.get("loss", []))
+        if self.world.is_main and np.isnan(check["loss_change"]):
+            logger.warning("Training ran %d steps, too few to tell whether it converged.", steps)
+        elif self.world.is_main and not check["converged"]:
+            logger.warning(
+                "Training may not have converged: the mean loss changed by %.1f%% from the second-to-last to the "
+                "last tenth of the %d steps (tolerance: a fall of %.0f%%). More steps (`max_steps=%d`) may change "
+                "the results; `si.pl.history` shows the loss curves.",
+                100 * check["loss_change"],
+                steps,
+                100 * check["tolerance"],
+                2 * steps,
+            )
+
+    @property
+    def convergence(self) -> dict[str, Any]:
+        """Whether the training loss levelled off: ``converged``, ``loss_change``, ``window``, ``tolerance``.
+
+        ``loss_change`` is the relative change of the mean training loss from the second-to-last to the last tenth
+        of the steps (negative: still falling); training counts as converged when the loss fell by less than 1%
+        there. Computed from :attr:`history`, so a saved and reloaded model gives the same answer.
+        """
+        return convergence(self.history.get("loss", []))
 
     # ------------------------------------------------------------------ queries
     def _require_trained(self) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sd_inspire._docs import d
-from sd_inspire._utils import get_table
+from sd_inspire._utils import convergence, get_table
 from sd_inspire.pl._base import finish, panel_grid, require
 
 if TYPE_CHECKING:
@@ -43,7 +43,10 @@ def history(
     """Plot the training curves of the loss terms: one panel per term, raw and smoothed.
 
     Each panel shows a term of ``uns[key]["history"]`` (one value per training step) as a thin, light line, and its
-    centred moving average as a solid line of the same colour.
+    centred moving average as a solid line of the same colour. The total ``loss`` panel says whether training
+    converged: the relative change of the mean loss from the second-to-last to the last tenth of the steps, and
+    "converged" when it fell by less than 1%% (the check :func:`sd_inspire.tl.integrate` writes to
+    ``uns[key]["converged"]``).
 
     Parameters
     ----------
@@ -123,11 +126,20 @@ def history(
         finite = y[np.isfinite(y)]
         if log and finite.size and (finite > 0).all():
             ax.set_yscale("log")
-        ax.set_title(name)
+        ax.set_title(name if name != "loss" else f"loss\n{_verdict(y)}", fontsize=None if name != "loss" else "medium")
         ax.set_xlabel("training step")
         ax.set_ylabel("total loss" if name == "loss" else "loss term")
     axes[0].legend(fontsize="small", frameon=False)
     return finish(fig, save, dpi, show, given)
+
+
+def _verdict(loss: np.ndarray) -> str:
+    """The convergence check of training (:func:`sd_inspire._utils.convergence`) in words, for the loss panel."""
+    check = convergence(loss)
+    if np.isnan(check["loss_change"]):
+        return "too few steps to judge"
+    change = f"{100 * check['loss_change']:+.1f}% in last tenth"
+    return f"converged ({change})" if check["converged"] else f"still falling ({change})"
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:

@@ -141,7 +141,9 @@ def integrate(
       genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``,
       ``values`` (``"counts"``, or ``"normalised"`` for tables without counts), ``reference_id`` (the trained
       model's fingerprint, :attr:`sd_inspire.model.InspireModel.reference_id`; the first member's for an
-      ensemble), ``redundant_factors`` (pairs of factors whose programs and usage are near-duplicates, a table from
+      ensemble), ``converged`` and ``loss_change`` (whether the training loss levelled off, and its relative change
+      from the second-to-last to the last tenth of the steps: :attr:`sd_inspire.model.InspireModel.convergence`;
+      with an ensemble, ``converged`` only if every member did), ``redundant_factors`` (pairs of factors whose programs and usage are near-duplicates, a table from
       :func:`sd_inspire.tl.metrics.redundant_factors`; shown by :func:`sd_inspire.pl.loadings`) and, with
       ``model_dir``, ``model_dir`` (its absolute path).
 
@@ -211,7 +213,7 @@ def integrate(
     if into_store:
         check_rows_on_disk(data, table_name(data, adata, table_key))  # before training, not after it
     with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
-        members, first = [], None
+        members, first, converged = [], None, []
         for seed in _member_seeds(random_state, n_models):
             if n_models > 1:
                 logger.info("Training ensemble member %d of %d", len(members) + 1, n_models)
@@ -239,8 +241,10 @@ def integrate(
             if model_dir is not None and model.world.is_main:
                 model.save(_member_folder(model_dir, len(members), n_models))
             members.append(_outputs(model, uncertainty=uncertainty))
+            converged.append(model.convergence["converged"])
             first = first or model  # metadata, history and the process group come from the first member
         write_results(adata, first, key_added, combine(members))
+        adata.uns[key_added]["converged"] = all(converged)
         if model_dir is not None:
             adata.uns[key_added]["model_dir"] = str(Path(model_dir).resolve())
         if not copy and is_spatialdata(data):
@@ -261,7 +265,7 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
     adata.obsm[f"{key_added}_factors"] = ensemble.factors
     adata.varm[f"{key_added}_loadings"] = loadings
     adata.var[f"{key_added}_gene"] = in_model
-    meta = model._metadata()
+    meta, check = model._metadata(), model.convergence
     adata.uns[key_added] = {
         "params": _plain(model.params),
         "train_params": _plain(model.train_params),
@@ -273,6 +277,9 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
         "random_state": meta["random_state"] if meta["random_state"] is not None else -1,
         "seed": meta["seed"],
         "n_models": len(ensemble.match) + 1,
+        # the loss's relative change over the last tenth of the steps, and whether it levelled off (< 1% fall)
+        "converged": bool(check["converged"]),
+        "loss_change": check["loss_change"],
         "values": "counts" if model.data.values_are_counts else "normalised",
         # a query mapped onto a reference carries the reference's identity: results in the same space share it
         "reference_id": model.mapped_onto["reference_id"] if model.mapped_onto else model.reference_id,
