@@ -64,7 +64,8 @@ def test_concat_spatialdata_slices_keeps_elements_and_frames(sim_slices):
         xy = np.hstack([xy, np.ones((len(xy), 1))])
         placed = xy @ own["global"].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")).T
         ranges.append((placed[:, 0].min(), placed[:, 0].max()))
-        assert placed[:, 1].min() == pytest.approx(0.0, abs=1e-6)  # lowest points level
+        radius = shapes["radius"].max() if "radius" in shapes else 0.0
+        assert placed[:, 1].min() - radius == pytest.approx(0.0, abs=1e-6)  # lowest edges level
     assert all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))  # left to right, apart
     assert t.obs["technology"].cat.categories.tolist() == ["merfish", "slideseq", "visium"]
     assert not t.varm["measured"]["slice2"].all()  # MERFISH panel

@@ -176,16 +176,23 @@ def _lay_out(
     A slice's own frame is the coordinate system in which its table's shapes are placed as they are (the frame of
     ``obsm["spatial"]``); every element of the slice gets a transformation to the slice's name and one to
     ``"global"``, where the slices lie left to right (in the order given, 5% of the widest apart, their lowest
-    points level). Other coordinate systems of a slice (the downscaled image frames of a Visium sample) are left
+    points level; a shape's extent counts to its edge). Other coordinate systems of a slice (the downscaled image frames of a Visium sample) are left
     out: spatialdata-plot draws one panel per coordinate system. Elements without a transformation to their slice's
     frame keep theirs.
     """
     from spatialdata.transformations import Identity, Sequence, Translation, get_transformation
 
     boxes = []
-    for table in tables:
+    for name, table in zip(names, tables, strict=True):
         xy = np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
-        boxes.append((xy.min(axis=0), xy.max(axis=0)))
+        low, high = xy.min(axis=0), xy.max(axis=0)
+        region = next((elements[k][n] for k, n in owned.get(name, []) if k == "shapes"), None)
+        if region is not None and len(region):  # the shapes' own extent: polygons and circles reach past centres
+            x0, y0, x1, y1 = region.geometry.total_bounds
+            reach = float(np.nanmax(np.asarray(region["radius"], dtype=np.float64))) if "radius" in region else 0.0
+            low = np.minimum(low, np.array([x0, y0]) - reach)
+            high = np.maximum(high, np.array([x1, y1]) + reach)
+        boxes.append((low, high))
     gap = 0.05 * max(float(high[0] - low[0]) for low, high in boxes)
     offset = 0.0
     for name, (low, high) in zip(names, boxes, strict=True):
