@@ -664,7 +664,8 @@ def _summary(
         _stdout(f"convergence: {n_steps} steps are too few to tell whether training converged")
     else:
         verdict = "converged" if uns.get("converged", False) else "NOT converged (raise --max-steps)"
-        _stdout(f"convergence: loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
+        fit = "final fit of the factors" if "factor_refit" in history else "training"
+        _stdout(f"convergence ({fit}): loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
     if getattr(args, "n_domains", None):
         sizes = table.obs[_DOMAIN_KEY].value_counts().sort_index()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._data import _slice_indicator, prepare, principal_axes, within_slice_sd
 from sd_inspire.model._distributed import World, world
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
-from sd_inspire.model._trainer import TrainConfig, Trainer, encoder_input
+from sd_inspire.model._trainer import REFIT_LR_FACTOR, TrainConfig, Trainer, encoder_input, refit_count_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 _WEIGHTS_FILE = "model.pt"
 _META_FILE = "model.json"
 _CHECKPOINT_FILE = "checkpoint.pt"
+#: History key of the count model's final fit on the trained latent space (its deviance per step)
+REFIT_KEY = "factor_refit"
+_REFIT_STREAM = 7  # random stream of the final fit's minibatches, apart from the training's
 _REDUCTION_FILE = "reduction.npy"
 
 
@@ -240,6 +244,11 @@ class InspireModel:
         ----------
         max_steps
             Optimisation steps. By default about 40 passes over the largest slice, between 600 and 3000 steps.
+            Afterwards (not for a query) the factor head, gene programs and slice effects are fitted again for as
+            many steps on the trained latent space, with the latent codes fixed and a learning rate ten times
+            ``lr`` (``history["factor_refit"]``): the count model converges there, while the latent space is
+            taken as trained (more training trades its domain structure for mixing; docs: Concepts).
+            :attr:`convergence` judges that fit.
         batch_size
             Spots per minibatch, drawn equally from every slice.
         lr
@@ -353,14 +362,35 @@ class InspireModel:
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
         self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
         self.is_trained = True
+        if self.mapped_onto is None and weights.poisson > 0:
+            # the count model converged on the final latent space (the latent space itself is left as trained)
+            start = time.perf_counter()
+            refit_rng = np.random.default_rng([self.seed, _REFIT_STREAM, self.world.rank])
+            self.history[REFIT_KEY] = refit_count_model(
+                self.module,
+                self.data,
+                self.get_latent_representation(),
+                n_steps=max_steps,
+                per_slice=per_slice,
+                lr=lr * REFIT_LR_FACTOR,
+                weights=weights,
+                rng=refit_rng,
+                device=self.device,
+                world=self.world,
+                show_progress_bar=show_progress_bar,
+            )
+            self.history["_refit_seconds"] = [time.perf_counter() - start]
+            self.train_params["refit_steps"] = max_steps
         check, steps = self.convergence, len(self.history.get("loss", []))
+        what = "the final fit of the factors" if REFIT_KEY in self.history else "training"
         if self.world.is_main and np.isnan(check["loss_change"]):
-            logger.warning("Training ran %d steps, too few to tell whether it converged.", steps)
+            logger.warning("Training ran %d steps, too few to tell whether %s converged.", steps, what)
         elif self.world.is_main and not check["converged"]:
             logger.warning(
-                "Training may not have converged: the mean loss changed by %.1f%% from the second-to-last to the "
-                "last tenth of the %d steps (tolerance: a fall of %.0f%%). More steps (`max_steps=%d`) may change "
-                "the results; `si.pl.history` shows the loss curves.",
+                "%s may not have converged: its mean loss changed by %.1f%% from the second-to-last to the last "
+                "tenth of the %d steps (tolerance: a fall of %.0f%%). More steps (`max_steps=%d`) may change the "
+                "results; `si.pl.history` shows the loss curves.",
+                what[0].upper() + what[1:],
                 100 * check["loss_change"],
                 steps,
                 100 * check["tolerance"],
@@ -369,13 +399,15 @@ class InspireModel:
 
     @property
     def convergence(self) -> dict[str, Any]:
-        """Whether the training loss levelled off: ``converged``, ``loss_change``, ``window``, ``tolerance``.
+        """Whether the loss levelled off: ``converged``, ``loss_change``, ``window``, ``tolerance``.
 
-        ``loss_change`` is the relative change of the mean training loss from the second-to-last to the last tenth
-        of the steps (negative: still falling); training counts as converged when the loss fell by less than 1%
-        there. Computed from :attr:`history`, so a saved and reloaded model gives the same answer.
+        ``loss_change`` is the relative change of the mean loss from the second-to-last to the last tenth of the
+        steps (negative: still falling); converged means it fell by less than 1% there. The loss is that of the
+        count model's final fit on the trained latent space (``history["factor_refit"]``: the factors, programs
+        and slice effects converge there, the latent space is taken as trained), or of training for a query
+        model. Computed from :attr:`history`, so a saved and reloaded model gives the same answer.
         """
-        return convergence(self.history.get("loss", []))
+        return convergence(self.history.get(REFIT_KEY, self.history.get("loss", [])))
 
     # ------------------------------------------------------------------ queries
     def _require_trained(self) -> None:

@@ -184,8 +184,7 @@ class InspireModule(nn.Module):
         sub = slice(None, None, -(-z.shape[0] // _GEOMETRY_MAX))
         shape = h_geometry if h_geometry is not None else target
         geometry = _geometry(z[sub], shape[sub], s[sub])
-        usage = beta.mean(dim=0)
-        prior = -torch.log(usage + 1e-6).sum() - usage.numel() * math.log(usage.numel())  # 0 at equal usage
+        prior = usage_prior(beta)
         slice_effect = self.slice_gene_effect.pow(2).mean()
         terms = {
             "poisson": poisson,
@@ -218,6 +217,12 @@ class InspireModule(nn.Module):
     def discriminator_loss(self, z: torch.Tensor, s: torch.Tensor, margin: float | None) -> torch.Tensor:
         """Cross-entropy of the discriminator at telling the slice of (detached) latent codes."""
         return F.cross_entropy(self.discriminate(z.detach(), margin), s)
+
+
+def usage_prior(beta: torch.Tensor) -> torch.Tensor:
+    """Dirichlet prior on the mean factor usage of a minibatch: 0 when all factors are used equally."""
+    usage = beta.mean(dim=0)
+    return -torch.log(usage + 1e-6).sum() - usage.numel() * math.log(usage.numel())
 
 
 def _geometry(z: torch.Tensor, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from sd_inspire._logging import logger
 from sd_inspire.model._anchors import anchor_subsample, mutual_neighbours, neighbour_reach
 from sd_inspire.model._data import make_sampler, sample_subgraph
 from sd_inspire.model._distributed import World, average_gradients, mean_over_ranks
+from sd_inspire.model._module import usage_prior
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,6 +43,68 @@ class TrainConfig:
     alignment: str = "both"  # "mnn": anchor pairs pulled together; "adversarial": slice discriminator; "both"
     anchor_neighbours: int = 20  # k of the mutual nearest neighbours
     anchor_refreshes: int = 4  # anchor searches: at the end of the warm-up and evenly after it
+
+
+#: The final fit of the count model learns at this multiple of the training's learning rate: with the latent codes
+#: fixed it is a small, well-posed problem, and a program's logits must span several units (a gene 100 times more
+#: used in one program than on average is 4.6 apart), which at 1e-3 per step takes thousands of steps.
+REFIT_LR_FACTOR = 10.0
+
+
+def refit_count_model(
+    module: InspireModule,
+    data: ModelData,
+    latent: np.ndarray,
+    *,
+    n_steps: int,
+    per_slice: int,
+    lr: float,
+    weights: LossWeights,
+    rng: np.random.Generator,
+    device: torch.device,
+    world: World,
+    show_progress_bar: bool = True,
+) -> list[float]:
+    """Fit the count model to convergence on fixed latent codes; return its deviance per step.
+
+    The factor head, the gene programs and the slice effects are optimised (Adam at ``lr``) for the count
+    likelihood, the factor-usage prior and the slice-effect penalty with the codes ``latent`` (the trained
+    encoder's, spots x latent) held fixed. During training these parameters move at the pace the encoder and the
+    alignment need; here they converge without changing the latent space.
+    """
+    from tqdm.auto import tqdm
+
+    params = [module.factor_head.weight, module.factor_head.bias, module.loading_logits, module.slice_gene_effect]
+    params += [module.factor_slice_bias] if module.factor_slice_bias.requires_grad else []
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
+    per_rank = max(1, -(-per_slice // world.size))
+    sampler = make_sampler(data.counts, data.slices, per_rank, rng, (world.rank, world.size), data.slice_names)
+    mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
+    deviance: list[float] = []
+    module.train()
+    for step in tqdm(range(n_steps), disable=not (show_progress_bar and world.is_main), desc="fitting factors"):
+        idx, counts = sampler.next_batch()
+        s = torch.as_tensor(data.slices[idx], device=device)
+        beta = module.factors(torch.as_tensor(latent[idx], device=device), s)
+        library = torch.as_tensor(data.library[idx], device=device)
+        nll = module.multinomial_nll(beta, torch.tensor(counts.toarray(), device=device), library, s, mask)
+        poisson = (nll + torch.as_tensor(data.saturated[idx], device=device)).mean()
+        loss = (
+            weights.poisson * poisson
+            + weights.prior * usage_prior(beta)
+            + weights.slice_effect * module.slice_gene_effect.pow(2).mean()
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The final fit of the factors diverged at step {step + 1} of {n_steps}. Lower the learning rate "
+                f"(`lr`, {lr / REFIT_LR_FACTOR:g}) or check the input for extreme values; no result was written."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params, world.size)
+        opt.step()
+        deviance.append(mean_over_ranks(float(poisson.detach()), world.size))
+    return deviance
 
 
 def _fresh_early_stop() -> dict:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 #: Panel order of the loss terms: the total, the likelihood, then the other terms of the objective.
 _ORDER = ("loss", "poisson", "reconstruction", "geometry", "adversarial", "alignment", "discriminator", "prior")
+_ORDER += ("factor_refit",)  # the count model's final fit on the trained latent space, after training
 
 
 @d.dedent
@@ -43,10 +44,11 @@ def history(
     """Plot the training curves of the loss terms: one panel per term, raw and smoothed.
 
     Each panel shows a term of ``uns[key]["history"]`` (one value per training step) as a thin, light line, and its
-    centred moving average as a solid line of the same colour. The total ``loss`` panel says whether training
-    converged: the relative change of the mean loss from the second-to-last to the last tenth of the steps, and
-    "converged" when it fell by less than 1%% (the check :func:`sd_inspire.tl.integrate` writes to
-    ``uns[key]["converged"]``).
+    centred moving average as a solid line of the same colour. ``factor_refit`` is the count model's final fit on
+    the trained latent space (factors, programs and slice effects; its deviance per step); its panel (or the total
+    ``loss`` panel of a run without it, such as a mapped query) says whether that converged: the relative change of
+    the mean over the last tenth of the steps against the tenth before, "converged" when it fell by less than 1%%
+    (the check :func:`sd_inspire.tl.integrate` writes to ``uns[key]["converged"]``).
 
     Parameters
     ----------
@@ -126,9 +128,10 @@ def history(
         finite = y[np.isfinite(y)]
         if log and finite.size and (finite > 0).all():
             ax.set_yscale("log")
-        ax.set_title(name if name != "loss" else f"loss\n{_verdict(y)}", fontsize=None if name != "loss" else "medium")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("total loss" if name == "loss" else "loss term")
+        judged = name == ("factor_refit" if "factor_refit" in curves else "loss")  # the curve convergence is read on
+        ax.set_title(f"{name}\n{_verdict(y)}" if judged else name, fontsize="medium" if judged else None)
+        ax.set_xlabel("step of the final fit" if name == "factor_refit" else "training step")
+        ax.set_ylabel({"loss": "total loss", "factor_refit": "count deviance"}.get(name, "loss term"))
     axes[0].legend(fontsize="small", frameon=False)
     return finish(fig, save, dpi, show, given)
 

@@ -85,7 +85,8 @@ def integrate(
         (BaristaSeq, 79 genes) and lower where sequencing depth varies between spots (DLPFC: the latent space then
         follows the depth); try it for small imaging panels, and compare with the default.
     max_steps
-        Training steps; by default from the size of the largest slice (600 to 3000).
+        Training steps; by default from the size of the largest slice (600 to 3000). The count model's final fit
+        on the trained latent space runs as many (:meth:`sd_inspire.model.InspireModel.train`).
     batch_size
         Spots per minibatch, drawn equally from every slice.
     cross_technology
@@ -138,7 +139,8 @@ def integrate(
     - ``varm["{key_added}_loadings"]``: gene loadings (n_vars x n_factors, non-negative, each factor sums to 1
       over the model's genes; 0 for genes outside the model, flagged by ``var["{key_added}_gene"] == False``);
     - ``uns[key_added]``: ``params``, ``train_params``, ``genes``, ``slices``, ``slice_gene_effects`` (slices x
-      genes, multiplicative), ``history`` (loss terms per step), ``versions``, ``random_state``, ``n_models``,
+      genes, multiplicative), ``history`` (loss terms per step; ``factor_refit``: the count deviance per step of the
+      final fit), ``versions``, ``random_state``, ``n_models``,
       ``values`` (``"counts"``, or ``"normalised"`` for tables without counts), ``reference_id`` (the trained
       model's fingerprint, :attr:`sd_inspire.model.InspireModel.reference_id`; the first member's for an
       ensemble), ``converged`` and ``loss_change`` (whether the training loss levelled off, and its relative change
