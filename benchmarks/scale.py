@@ -136,6 +136,8 @@ def run_size(args: argparse.Namespace) -> dict:
     _instrument(meter)
     per_slice = args.size // args.n_slices
     out_of_core = args.out_of_core == "always" or (args.out_of_core == "auto" and args.size >= OUT_OF_CORE_FROM)
+    if args.tmp is not None:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="sd_inspire_scale_", dir=args.tmp))
     try:
         with meter.stage("total"):

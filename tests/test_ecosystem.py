@@ -12,12 +12,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-
-import sd_inspire as si
 from tests.io.test_merfish import make_region, write_merscope
 from tests.io.test_slideseq import make_puck, write_slideseq
 from tests.io.test_stereoseq import write_gem
 from tests.io.test_visium import write_visium
+
+import sd_inspire as si
 
 N_GENES = 30
 
@@ -116,11 +116,13 @@ def test_sd_inspire_plots(result):
         "history": si.pl.history(sdata, show=False),
     }
     for name, fig in figures.items():
-        assert fig is not None and fig.axes, name
+        assert fig is not None, name
+        assert fig.axes, name
     table = sdata["table"]
     first = table[table.obs["slice"] == "s1"].copy()
     first.obs["slice"] = first.obs["slice"].cat.remove_unused_categories()
     fig, (left, right) = plt.subplots(1, 2)
     assert si.pl.spatial(first, color="inspire_domain", ax=left) is fig
     assert si.pl.loadings(sdata, factors=[0], n_top=5, ax=right) is fig
-    assert left.collections and right.patches  # drawn into the given axes
+    assert left.collections  # drawn into the given axes
+    assert right.patches

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: Panel order of the loss terms: the total, the likelihood, then the other terms of the objective.
 _ORDER = ("loss", "poisson", "reconstruction", "geometry", "adversarial", "alignment", "discriminator", "prior")
-_ORDER += ("factor_refit",)  # the count model's final fit on the trained latent space, after training
+_ORDER += ("slice_effect", "factor_refit")  # then the count model's final fit on the trained latent space
 
 
 @d.dedent
