@@ -97,7 +97,11 @@ def test_cli_sigint_exits_130_and_leaves_no_partial_output(tmp_path):
     si.datasets.simulate(2, n_spots=150, n_genes=80, path=store)
     args = [sys.executable, "-m", "sd_inspire", "integrate", str(store), "-o", str(out), "--max-steps", "100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with subprocess.Popen([*args, "-v"], stderr=subprocess.PIPE, text=True, env=env) as child:
+    # the child gets Ctrl-C's default disposition: a test runner started in the background (``cmd &`` in a script,
+    # nohup) ignores SIGINT, and a child would inherit that and train on after the signal
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    popen = {"stderr": subprocess.PIPE, "text": True, "env": env, "preexec_fn": default_sigint}
+    with subprocess.Popen([*args, "-v"], **popen) as child:
         for line in child.stderr:  # wait until training runs
             if "Integrating" in line:
                 break
