@@ -659,12 +659,14 @@ def _summary(
     per_model = f" per model, {n_models} models" if n_models > 1 else ""
     command = "integrate" if verb == "integrated" else "map"
     _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; {command} took {seconds:.1f} s in all")
+    from sd_inspire._utils import REFIT_KEY, judged_curve
+
     change = float(uns.get("loss_change", math.nan))
     if math.isnan(change):
         _stdout(f"convergence: {n_steps} steps are too few to tell whether training converged")
     else:
         verdict = "converged" if uns.get("converged", False) else "NOT converged (raise --max-steps)"
-        fit = "final fit of the factors" if "factor_refit" in history else "training"
+        fit = "final fit of the factors" if judged_curve(history) == REFIT_KEY else "training"
         _stdout(f"convergence ({fit}): loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
     if getattr(args, "n_domains", None):

@@ -242,6 +242,8 @@ def category_colors(n: int) -> list[tuple[float, ...]]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+#: History key of the count model's final fit on the trained latent space (its deviance per step)
+REFIT_KEY = "factor_refit"
 CONVERGENCE_FRACTION = 0.1  # the loss of the last tenth of the steps is compared with the tenth before it
 CONVERGENCE_TOLERANCE = 0.01  # relative fall of that mean loss above which training is said not to have converged
 
@@ -261,3 +263,11 @@ def convergence(loss, *, fraction: float = CONVERGENCE_FRACTION, tolerance: floa
     last, before = loss[-window:].mean(), loss[-2 * window : -window].mean()
     change = float((last - before) / max(abs(before), 1e-12))
     return {"converged": bool(change > -tolerance), "loss_change": change, "window": window, "tolerance": tolerance}
+
+
+def judged_curve(history) -> str:
+    """The history key whose curve the convergence check reads: the final fit's when there is one, else ``"loss"``.
+
+    A mapped query has no final fit (its encoder and programs are the reference's): its training loss is judged.
+    """
+    return REFIT_KEY if REFIT_KEY in history else "loss"

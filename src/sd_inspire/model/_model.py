@@ -15,7 +15,7 @@ import torch
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import convergence, random_generator, values_are_counts
+from sd_inspire._utils import REFIT_KEY, convergence, judged_curve, random_generator, values_are_counts
 from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._data import _slice_indicator, prepare, principal_axes, within_slice_sd
 from sd_inspire.model._distributed import World, world
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 _WEIGHTS_FILE = "model.pt"
 _META_FILE = "model.json"
 _CHECKPOINT_FILE = "checkpoint.pt"
-#: History key of the count model's final fit on the trained latent space (its deviance per step)
-REFIT_KEY = "factor_refit"
 _REFIT_STREAM = 7  # random stream of the final fit's minibatches, apart from the training's
 _REDUCTION_FILE = "reduction.npy"
 
@@ -382,7 +380,7 @@ class InspireModel:
             self.history["_refit_seconds"] = [time.perf_counter() - start]
             self.train_params["refit_steps"] = max_steps
         check, steps = self.convergence, len(self.history.get("loss", []))
-        what = "the final fit of the factors" if REFIT_KEY in self.history else "training"
+        what = "the final fit of the factors" if judged_curve(self.history) == REFIT_KEY else "training"
         if self.world.is_main and np.isnan(check["loss_change"]):
             logger.warning("Training ran %d steps, too few to tell whether %s converged.", steps, what)
         elif self.world.is_main and not check["converged"]:
@@ -407,7 +405,7 @@ class InspireModel:
         and slice effects converge there, the latent space is taken as trained), or of training for a query
         model. Computed from :attr:`history`, so a saved and reloaded model gives the same answer.
         """
-        return convergence(self.history.get(REFIT_KEY, self.history.get("loss", [])))
+        return convergence(self.history.get(judged_curve(self.history), []))
 
     # ------------------------------------------------------------------ queries
     def _require_trained(self) -> None:

@@ -172,31 +172,55 @@ class InspireModule(nn.Module):
         target = h_seed if h_seed is not None else h
         assert isinstance(target, torch.Tensor)
         h_rec = self.decoder(torch.cat([z, self.slice_embedding(s)], dim=-1))
-        beta = self.factors(z, s)
-        # Poisson log-likelihood with rates l_i q_ig renormalised over the measured genes: sum_g λ_ig = l_i is
-        # fixed, so up to a constant it is the multinomial term sum_g x_ig log q_ig. Reported per spot as half the
-        # deviance, sum_g x_ig log(x_ig / (l_i q_ig)) >= 0, with the saturated term precomputed per spot.
-        nll = self.multinomial_nll(beta, counts, library, s, mask)
-        poisson = (nll + saturated).mean() if saturated is not None else nll.mean()
+        count = self.count_terms(self.factors(z, s), counts, library, s, mask, saturated)
         reconstruction = (h_rec - target).pow(2).sum(dim=-1).sqrt().mean()
         # the geometry term is quadratic in the batch: on large batches, an evenly strided subset of at most
         # _GEOMETRY_MAX spots (rows are grouped by slice, so every slice stays represented)
         sub = slice(None, None, -(-z.shape[0] // _GEOMETRY_MAX))
         shape = h_geometry if h_geometry is not None else target
         geometry = _geometry(z[sub], shape[sub], s[sub])
-        prior = usage_prior(beta)
-        slice_effect = self.slice_gene_effect.pow(2).mean()
         terms = {
-            "poisson": poisson,
+            "poisson": count["poisson"],
             "reconstruction": reconstruction,
             "geometry": geometry,
-            "prior": prior,
-            "slice_effect": slice_effect,
+            "prior": count["prior"],
+            "slice_effect": count["slice_effect"],
         }
         if adversarial and self.n_slices > 1:
             log_p = torch.log_softmax(self.discriminate(z, margin), dim=-1)
             terms["adversarial"] = -log_p.mean()  # cross-entropy to the uniform: the encoder hides the slice
         return terms, z
+
+    def count_terms(
+        self,
+        beta: torch.Tensor,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        s: torch.Tensor,
+        mask: torch.Tensor,
+        saturated: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The count model's terms for factor proportions ``beta``: ``poisson``, ``prior``, ``slice_effect``.
+
+        ``poisson`` is the mean over spots of :meth:`multinomial_nll` plus ``saturated`` (half the deviance, >= 0),
+        ``prior`` the factor-usage prior of the minibatch, ``slice_effect`` the penalty on the slice gene effects.
+        """
+        # Poisson log-likelihood with rates l_i q_ig renormalised over the measured genes: sum_g λ_ig = l_i is
+        # fixed, so up to a constant it is the multinomial term sum_g x_ig log q_ig. Reported per spot as half the
+        # deviance, sum_g x_ig log(x_ig / (l_i q_ig)) >= 0, with the saturated term precomputed per spot.
+        nll = self.multinomial_nll(beta, counts, library, s, mask)
+        return {
+            "poisson": (nll + saturated).mean() if saturated is not None else nll.mean(),
+            "prior": usage_prior(beta),
+            "slice_effect": self.slice_gene_effect.pow(2).mean(),
+        }
+
+    def count_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the count model: factor head, slice factor biases, programs, gene effects."""
+        head = (self.factor_head.weight, self.factor_head.bias)
+        return [
+            p for p in (*head, self.loading_logits, self.slice_gene_effect, self.factor_slice_bias) if p.requires_grad
+        ]
 
     def alignment_loss(
         self, h_a: torch.Tensor | tuple, h_b: torch.Tensor | tuple, reach: torch.Tensor | None = None

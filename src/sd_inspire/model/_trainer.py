@@ -13,7 +13,6 @@ from sd_inspire._logging import logger
 from sd_inspire.model._anchors import anchor_subsample, mutual_neighbours, neighbour_reach
 from sd_inspire.model._data import make_sampler, sample_subgraph
 from sd_inspire.model._distributed import World, average_gradients, mean_over_ranks
-from sd_inspire.model._module import usage_prior
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -74,8 +73,7 @@ def refit_count_model(
     """
     from tqdm.auto import tqdm
 
-    params = [module.factor_head.weight, module.factor_head.bias, module.loading_logits, module.slice_gene_effect]
-    params += [module.factor_slice_bias] if module.factor_slice_bias.requires_grad else []
+    params = module.count_parameters()
     opt = torch.optim.Adam(params, lr=lr, fused=True)
     per_rank = max(1, -(-per_slice // world.size))
     sampler = make_sampler(data.counts, data.slices, per_rank, rng, (world.rank, world.size), data.slice_names)
@@ -87,13 +85,9 @@ def refit_count_model(
         s = torch.as_tensor(data.slices[idx], device=device)
         beta = module.factors(torch.as_tensor(latent[idx], device=device), s)
         library = torch.as_tensor(data.library[idx], device=device)
-        nll = module.multinomial_nll(beta, torch.tensor(counts.toarray(), device=device), library, s, mask)
-        poisson = (nll + torch.as_tensor(data.saturated[idx], device=device)).mean()
-        loss = (
-            weights.poisson * poisson
-            + weights.prior * usage_prior(beta)
-            + weights.slice_effect * module.slice_gene_effect.pow(2).mean()
-        )
+        saturated = torch.as_tensor(data.saturated[idx], device=device)
+        terms = module.count_terms(beta, torch.tensor(counts.toarray(), device=device), library, s, mask, saturated)
+        loss = sum(getattr(weights, k) * v for k, v in terms.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The final fit of the factors diverged at step {step + 1} of {n_steps}. Lower the learning rate "
@@ -103,7 +97,7 @@ def refit_count_model(
         loss.backward()
         average_gradients(params, world.size)
         opt.step()
-        deviance.append(mean_over_ranks(float(poisson.detach()), world.size))
+        deviance.append(mean_over_ranks(float(terms["poisson"].detach()), world.size))
     return deviance
 
 

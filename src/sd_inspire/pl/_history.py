@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sd_inspire._docs import d
-from sd_inspire._utils import convergence, get_table
+from sd_inspire._utils import REFIT_KEY, convergence, get_table, judged_curve
 from sd_inspire.pl._base import finish, panel_grid, require
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: Panel order of the loss terms: the total, the likelihood, then the other terms of the objective.
 _ORDER = ("loss", "poisson", "reconstruction", "geometry", "adversarial", "alignment", "discriminator", "prior")
-_ORDER += ("slice_effect", "factor_refit")  # then the count model's final fit on the trained latent space
+_ORDER += ("slice_effect", REFIT_KEY)  # then the count model's final fit on the trained latent space
 
 
 @d.dedent
@@ -128,10 +128,10 @@ def history(
         finite = y[np.isfinite(y)]
         if log and finite.size and (finite > 0).all():
             ax.set_yscale("log")
-        judged = name == ("factor_refit" if "factor_refit" in curves else "loss")  # the curve convergence is read on
+        judged = name == judged_curve(curves)  # the curve the convergence check reads
         ax.set_title(f"{name}\n{_verdict(y)}" if judged else name, fontsize="medium" if judged else None)
-        ax.set_xlabel("step of the final fit" if name == "factor_refit" else "training step")
-        ax.set_ylabel({"loss": "total loss", "factor_refit": "count deviance"}.get(name, "loss term"))
+        ax.set_xlabel("step of the final fit" if name == REFIT_KEY else "training step")
+        ax.set_ylabel({"loss": "total loss", REFIT_KEY: "count deviance"}.get(name, "loss term"))
     axes[0].legend(fontsize="small", frameon=False)
     return finish(fig, save, dpi, show, given)
 

@@ -182,11 +182,13 @@ def _lay_out(
     """
     from spatialdata.transformations import Identity, Sequence, Translation, get_transformation
 
+    # each slice's shapes (the table's region): they set its extent and its own frame
+    regions = {name: next((elements[k][n] for k, n in owned.get(name, []) if k == "shapes"), None) for name in names}
     boxes = []
     for name, table in zip(names, tables, strict=True):
         xy = np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
         low, high = xy.min(axis=0), xy.max(axis=0)
-        region = next((elements[k][n] for k, n in owned.get(name, []) if k == "shapes"), None)
+        region = regions[name]
         if region is not None and len(region):  # the shapes' own extent: polygons and circles reach past centres
             x0, y0, x1, y1 = region.geometry.total_bounds
             reach = float(np.nanmax(np.asarray(region["radius"], dtype=np.float64))) if "radius" in region else 0.0
@@ -196,8 +198,7 @@ def _lay_out(
     gap = 0.05 * max(float(high[0] - low[0]) for low, high in boxes)
     offset = 0.0
     for name, (low, high) in zip(names, boxes, strict=True):
-        parts = owned.get(name, [])
-        region = next((elements[k][n] for k, n in parts if k == "shapes"), None)
+        parts, region = owned.get(name, []), regions[name]
         frames = get_transformation(region, get_all=True) if region is not None else {}
         frame = next((cs for cs, t in frames.items() if isinstance(t, Identity)), None)
         if frame is None:
