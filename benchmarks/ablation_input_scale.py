@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> None:
     import sd_inspire.model._model as model_module
-    from sd_inspire.model._data import match_input_scale, within_slice_sd
+    from sd_inspire.model._features import match_input_scale, within_slice_sd
 
     if sys.argv[1:2] not in (["match"], ["plain"]):
         raise SystemExit(__doc__)

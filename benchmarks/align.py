@@ -90,7 +90,7 @@ def simulated(max_steps: int, repeats: int) -> list[dict]:
 
     import sd_inspire as si
     from sd_inspire.tl._align import align
-    from sd_inspire.tl._registration import registration_error, target_registration_error
+    from sd_inspire.tl._registration_metrics import registration_error, target_registration_error
 
     sdata = si.datasets.simulate(4, n_spots=2000, n_genes=1000, random_state=0)
     t0 = time.perf_counter()
@@ -157,7 +157,7 @@ def dlpfc(folder: Path, max_steps: int | None, repeats: int) -> list[dict]:
 
     import sd_inspire as si
     from sd_inspire.tl._align import align
-    from sd_inspire.tl._registration import neighbour_agreement, neighbour_correlation
+    from sd_inspire.tl._registration_metrics import neighbour_agreement, neighbour_correlation
 
     sdata = load(folder)
     si.pp.preprocess(sdata, n_top_genes=3000)

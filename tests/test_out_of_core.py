@@ -15,7 +15,7 @@ from scipy import sparse
 import sd_inspire as si
 from sd_inspire._chunks import is_lazy, row_blocks
 from sd_inspire.model import InspireModel
-from sd_inspire.model._data import BufferedSampler
+from sd_inspire.model._sampler import BufferedSampler
 from sd_inspire.tl.metrics import ari
 
 
@@ -247,7 +247,7 @@ def test_propagate_reads_out_of_core_expression(store):
 def test_preprocess_and_setup_on_a_dask_cluster(store):
     """With a dask.distributed client active, the streamed passes run on its workers and give the same results."""
     distributed = pytest.importorskip("distributed")
-    from sd_inspire.model._data import prepare
+    from sd_inspire.model._setup import prepare
 
     path, _ = store
     alone, on_cluster = _lazy(path)["table"], _lazy(path)["table"]

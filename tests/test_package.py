@@ -91,8 +91,14 @@ def _public_functions(namespaces):
 
 
 # functions that return something other than `AnnData | None`, or take no `copy`, by design
-RETURNS_OTHER = {"pp.concat": "SpatialData", **{f"pl.{n}": "Figure | None" for n in si.pl.__all__}}
-NO_KEY_ADDED = {"pp.concat", "pp.preprocess"}  # write documented fixed keys (scanpy's pp convention)
+RETURNS_OTHER = {
+    "pp.concat": "SpatialData",
+    "pp.split": "dict[str, SpatialData]",
+    **{f"pl.{n}": "Figure | None" for n in si.pl.__all__},
+}
+NO_KEY_ADDED = {"pp.concat", "pp.preprocess", "pp.reset_counts"}  # documented fixed keys, or none (scanpy pp style)
+# functions whose first parameter is not `data: AnnData | SpatialData`: slices to combine, a SpatialData to split
+FIRST_OTHER = {"pp.concat": "slices", "pp.split": "sdata"}
 
 
 @pytest.mark.parametrize(("name", "func"), list(_public_functions(["pp", "gr", "tl", "pl"])))
@@ -102,8 +108,8 @@ def test_signature_conventions(name, func):
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     assert len(positional) <= 3, f"{name}: at most 3 positional parameters"
     first = params[0]
-    if name == "pp.concat":
-        assert first.name == "slices"
+    if name in FIRST_OTHER:
+        assert first.name == FIRST_OTHER[name]
     else:
         assert first.name == "data", f"{name}: first parameter must be `data`"
         assert first.annotation == "AnnData | SpatialData"

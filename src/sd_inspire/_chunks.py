@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 #: Rows per chunk of the matrices of a table opened out of core, and of the streaming passes over them.
 CHUNK_ROWS = 8192
+#: Default ``chunk_size`` of the public functions that stream over spots (``gr.propagate``, ``tl.impute``,
+#: ``tl.transfer_labels``, the smoothing of ``tl.domains``): rows per block of their passes. Larger than
+#: :data:`CHUNK_ROWS`: a pass over a table on disk merges its chunks up to about this many rows (never splitting one).
+DEFAULT_CHUNK_SIZE = 20_000
 
 
 def is_lazy(x: Any) -> bool:

@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sd_inspire._constants import Key
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     import numpy as np
-    from anndata import AnnData
     from spatialdata import SpatialData
 
 PROG = "sd-inspire"
@@ -39,18 +40,11 @@ EXIT_ERROR = 1
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
-_TABLE = "table"
-_SLICE = "slice"
-_KEY = "inspire"  # key_added of tl.integrate
-_DOMAIN_KEY = "inspire_domain"
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 #: Factors drawn in the figures: those with the largest variance over spots.
 _FIGURE_FACTORS = 6
 #: Suffixes dropped from a file name to name its slice (``sample.gem.gz`` -> ``sample``).
 _FILE_SUFFIXES = (".gz", ".gem", ".gef", ".cellbin", ".csv", ".tsv", ".h5ad", ".h5")
-#: ``var`` columns and ``uns`` keys of an earlier preprocessing, dropped when stores are combined from raw counts.
-_PREPROCESS_VAR = ("highly_variable", "highly_variable_rank", "highly_variable_nbatches", "n_slices_measured")
-_PREPROCESS_UNS = ("preprocess", "spatial_neighbors")
 #: Rounds of spatial majority vote of the domains: the setting of the README, the quick start and the tutorials.
 _DEFAULT_REFINE = 3
 #: Known, harmless notices of the stack underneath (the package's own warnings are shown).
@@ -220,14 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log each step (the package's INFO messages)")
     common.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     commands = parser.add_subparsers(title="commands", dest="COMMAND", required=True)
+    _add_read(commands, common)
+    _add_integrate(commands, common)
+    _add_map(commands, common)
+    return parser
 
-    read = commands.add_parser(
+
+def _subcommand(
+    commands: Any, name: str, common: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], **texts: str
+) -> argparse.ArgumentParser:
+    """A subcommand ``name`` with the common options, run by ``run``; ``texts``: help, description, epilog."""
+    sub = commands.add_parser(name, parents=[common], formatter_class=_Formatter, **texts)
+    sub.set_defaults(run=run, parser=sub)
+    return sub
+
+
+def _add_read(commands: Any, common: argparse.ArgumentParser) -> None:
+    read = _subcommand(
+        commands,
         "read",
-        parents=[common],
+        common,
+        _read,
         help="read vendor outputs into a SpatialData zarr store",
         description=_READ_DESCRIPTION,
         epilog=_READ_EPILOG,
-        formatter_class=_Formatter,
     )
     read.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="vendor folder or file, one per slice")
     read.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
@@ -241,15 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     read.add_argument("--no-images", action="store_true", help="leave out tissue images (Visium)")
     read.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    read.set_defaults(run=_read, parser=read)
 
-    integrate = commands.add_parser(
+
+def _add_integrate(commands: Any, common: argparse.ArgumentParser) -> None:
+    # one flat list of the options, in the order --help shows them: it stays whole
+    integrate = _subcommand(
+        commands,
         "integrate",
-        parents=[common],
+        common,
+        _integrate,
         help="integrate the slices of zarr stores with INSPIRE",
         description=_INTEGRATE_DESCRIPTION,
         epilog=_INTEGRATE_EPILOG,
-        formatter_class=_Formatter,
     )
     integrate.add_argument("stores", nargs="+", type=Path, metavar="IN.zarr", help="zarr store(s) to integrate")
     integrate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="zarr store to write")
@@ -323,14 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument("--figures", type=Path, metavar="DIR", help="write PNG figures into DIR")
     integrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     integrate.add_argument("--overwrite", action="store_true", help="replace OUT (and figures) if they exist")
-    integrate.set_defaults(run=_integrate, parser=integrate)
 
-    mapper = commands.add_parser(
+
+def _add_map(commands: Any, common: argparse.ArgumentParser) -> None:
+    mapper = _subcommand(
+        commands,
         "map",
-        parents=[common],
+        common,
+        _map,
         help="map new slices onto a trained model (kept with integrate --model-dir)",
         description=_MAP_DESCRIPTION,
-        formatter_class=_Formatter,
     )
     mapper.add_argument("stores", nargs="+", type=Path, metavar="IN.zarr", help="zarr store(s) of the new slices")
     mapper.add_argument(
@@ -345,8 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
     mapper.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     mapper.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     mapper.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    mapper.set_defaults(run=_map, parser=mapper)
-    return parser
 
 
 # --- read --------------------------------------------------------------------------------------------------------
@@ -375,10 +388,10 @@ def _read(args: argparse.Namespace) -> int:
                 del sdata.images[image]
         slices[name] = sdata
     sdata = si.pp.concat(slices)
-    table = sdata[_TABLE]
-    measured = table.varm["measured"]
-    technology = table.obs.groupby(_SLICE, observed=True)["technology"].first()
-    spots = table.obs[_SLICE].value_counts()
+    table = sdata[Key.TABLE]
+    measured = table.varm[Key.MEASURED]
+    technology = table.obs.groupby(Key.SLICE, observed=True)[Key.TECHNOLOGY].first()
+    spots = table.obs[Key.SLICE].value_counts()
     _write_store(sdata, args.output)
     for path, name in zip(paths, names, strict=True):
         _stdout(
@@ -434,20 +447,22 @@ def _integrate(args: argparse.Namespace) -> int:
     import sd_inspire as si
 
     sdata = _load_stores(args.stores)
-    n_obs = sdata[_TABLE].n_obs
+    n_obs = sdata[Key.TABLE].n_obs
     for option in ("n_domains", "n_components"):  # checked before training, which would otherwise be lost
         value = getattr(args, option)
         if value is not None and value > n_obs:
             raise CLIError(f"--{option.replace('_', '-')} {value} exceeds the number of spots in the input ({n_obs})")
     before = _keys(sdata)
-    if not args.n_domains and _DOMAIN_KEY in sdata[_TABLE].obs:
+    if not args.n_domains and Key.INSPIRE_DOMAIN in sdata[Key.TABLE].obs:
         _stderr(
-            f"{PROG}: warning: obs[{_DOMAIN_KEY!r}] is from an earlier run and is kept as it is; "
+            f"{PROG}: warning: obs[{Key.INSPIRE_DOMAIN!r}] is from an earlier run and is kept as it is; "
             "pass --n-domains to recompute it"
         )
     if args.n_top_genes is not None or args.gene_space is not None:  # preprocessing with these settings, from counts
         given = {"n_top_genes": args.n_top_genes, "gene_space": args.gene_space}
-        si.pp.preprocess(_raw(sdata[_TABLE]), **{k: v for k, v in given.items() if v is not None})
+        table = sdata[Key.TABLE]
+        si.pp.reset_counts(table)
+        si.pp.preprocess(table, **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
     si.tl.integrate(
         sdata,
@@ -533,87 +548,30 @@ def _load_stores(paths: Sequence[Path]) -> SpatialData:
         with _reading(path):
             sdata = si.io.read_zarr(path)
         sdata.path = None  # results go to the output store only, never into an input
-        if _TABLE not in sdata.tables:
+        if Key.TABLE not in sdata.tables:
             raise CLIError(
-                f"{path}: the store has no table {_TABLE!r} (tables: {sorted(sdata.tables)}); "
+                f"{path}: the store has no table {Key.TABLE!r} (tables: {sorted(sdata.tables)}); "
                 "write stores with `sd-inspire read`"
             )
         loaded.append(sdata)
-    if len(loaded) == 1 and _SLICE in loaded[0][_TABLE].obs:
+    if len(loaded) == 1 and Key.SLICE in loaded[0][Key.TABLE].obs:
         return loaded[0]
     slices: dict[str, SpatialData] = {}
     for path, sdata in zip(paths, loaded, strict=True):
         store = _slice_name(path).removesuffix(".zarr")
-        for name, part in _split_slices(sdata, store, raw=len(loaded) > 1).items():
+        for name, part in si.pp.split(sdata, table_key=Key.TABLE, name=store).items():
             key = name if name not in slices else f"{store}_{name}"
             if key in slices:
                 raise CLIError(f"{path}: slice {name!r} is in more than one store; rename the stores")
             slices[key] = part
-    obs_names = [n for part in slices.values() for n in part[_TABLE].obs_names]
-    return si.pp.concat(slices, index_unique=None if len(set(obs_names)) == len(obs_names) else "-")
-
-
-def _split_slices(sdata: SpatialData, store: str, *, raw: bool) -> dict[str, SpatialData]:
-    """The slices of a store (by ``obs["slice"]``; the whole store if it has none), each with its own elements.
-
-    With ``raw``, each table is reset to its raw counts (``layers["counts"]`` if present) without the results of an
-    earlier preprocessing, so that the combined table is preprocessed as one.
-    """
-    import pandas as pd
-    from spatialdata import SpatialData
-    from spatialdata.models import TableModel
-
-    table = sdata[_TABLE]
-    attrs = table.uns.get(TableModel.ATTRS_KEY) or {}
-    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
-    if region_key not in table.obs or instance_key not in table.obs:  # pp.concat explains what is missing
-        tables = {_TABLE: _raw(table.copy()) if raw else table}
-        return {store: SpatialData(**_elements(sdata, lambda _: True), tables=tables)}
-    slice_of = table.obs[_SLICE].astype(str) if _SLICE in table.obs else pd.Series(store, index=table.obs_names)
-    out = {}
-    for name in pd.unique(slice_of):
-        rows = (slice_of == name).to_numpy()
-        part = table[rows].copy() if not rows.all() else table.copy()
-        if raw:
-            part = _raw(part)
-        regions = [str(r) for r in pd.unique(part.obs[region_key].astype(str))]
-        part.obs[region_key] = pd.Categorical(part.obs[region_key].astype(str), categories=regions)
-        part.uns.pop(TableModel.ATTRS_KEY, None)
-        part = TableModel.parse(part, region=regions, region_key=region_key, instance_key=instance_key)
-        if rows.all():
-            elements = _elements(sdata, lambda _: True)
-        else:
-            elements = _elements(sdata, lambda el, n=name, r=regions: el in r or el == n or el.startswith(f"{n}_"))
-        out[name] = SpatialData(**elements, tables={_TABLE: part})
-    return out
-
-
-def _elements(sdata: SpatialData, keep: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
-    elements: dict[str, dict[str, Any]] = {}
-    for kind, name, element in sdata.gen_spatial_elements():
-        if keep(name):
-            elements.setdefault(kind, {})[name] = element
-    return elements
-
-
-def _raw(table: AnnData) -> AnnData:
-    """The table with raw counts in ``X``, without layers, preprocessing columns or earlier results."""
-    if "counts" in table.layers:
-        table.X = table.layers["counts"]
-    for layer in list(table.layers):
-        del table.layers[layer]
-    drop = [c for c in table.var.columns if c in _PREPROCESS_VAR or c.startswith(_KEY)]
-    table.var = table.var.drop(columns=drop)
-    for key in list(table.uns):
-        if key in _PREPROCESS_UNS or key.startswith(_KEY):
-            del table.uns[key]
-    for key in list(table.obsp):
-        del table.obsp[key]
-    return table
+    obs_names = [n for part in slices.values() for n in part[Key.TABLE].obs_names]
+    # several stores: combined from raw counts, then preprocessed (and the graph built) as one
+    index_unique = None if len(set(obs_names)) == len(obs_names) else "-"
+    return si.pp.concat(slices, index_unique=index_unique, reset_counts=len(loaded) > 1)
 
 
 def _keys(sdata: SpatialData) -> dict[str, set[str]]:
-    table = sdata[_TABLE]
+    table = sdata[Key.TABLE]
     keys = {"tables": set(sdata.tables), "obs": set(table.obs.columns), "var": set(table.var.columns)}
     for where in ("obsm", "varm", "obsp", "layers", "uns"):
         keys[where] = set(getattr(table, where).keys())
@@ -624,7 +582,7 @@ def _written(before: dict[str, set[str]], after: dict[str, set[str]], *, domains
     """Keys that are new, or rewritten by ``tl.integrate`` (and ``tl.domains``): names starting with ``inspire``."""
 
     def rewritten(key: str) -> bool:
-        return key.startswith((_KEY, f"X_{_KEY}")) and (domains or not key.startswith(_DOMAIN_KEY))
+        return key.startswith((Key.INSPIRE, f"X_{Key.INSPIRE}")) and (domains or not key.startswith(Key.INSPIRE_DOMAIN))
 
     out = {}
     for where, keys in after.items():
@@ -643,9 +601,9 @@ def _summary(
     *,
     verb: str = "integrated",
 ) -> None:
-    table = sdata[_TABLE]
-    uns = table.uns[_KEY]
-    spots = table.obs[_SLICE].value_counts(sort=False)
+    table = sdata[Key.TABLE]
+    uns = table.uns[Key.INSPIRE]
+    spots = table.obs[Key.SLICE].value_counts(sort=False)
     per_slice = ", ".join(f"{name}: {int(n)}" for name, n in spots.items())
     _stdout(
         f"{verb} {table.n_obs} spots in {len(spots)} slice{'s' * (len(spots) != 1)} ({per_slice}); {len(uns['genes'])} genes in the "
@@ -670,9 +628,11 @@ def _summary(
         _stdout(f"convergence ({fit}): loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
     if getattr(args, "n_domains", None):
-        sizes = table.obs[_DOMAIN_KEY].value_counts().sort_index()
+        sizes = table.obs[Key.INSPIRE_DOMAIN].value_counts().sort_index()
         _stdout(
-            f"domains: {len(sizes)} in obs[{_DOMAIN_KEY!r}] (" + ", ".join(f"{d}: {n}" for d, n in sizes.items()) + ")"
+            f"domains: {len(sizes)} in obs[{Key.INSPIRE_DOMAIN!r}] ("
+            + ", ".join(f"{d}: {n}" for d, n in sizes.items())
+            + ")"
         )
     _stdout("keys written:")
     for where, keys in written.items():
@@ -705,13 +665,13 @@ def _draw(sdata: SpatialData, path: Path) -> None:
 
     import sd_inspire as si
 
-    factors = np.asarray(sdata[_TABLE].obsm[f"{_KEY}_factors"])
+    factors = np.asarray(sdata[Key.TABLE].obsm[f"{Key.INSPIRE}_factors"])
     strongest = [int(k) for k in np.argsort(factors.var(axis=0))[::-1][:_FIGURE_FACTORS]]
     draw = {
         "factors": lambda: si.pl.factors(sdata, factors=strongest, n_genes=3, save=path, show=False),
         "programs": lambda: si.pl.loadings(sdata, factors=strongest, save=path, show=False),
         "history": lambda: si.pl.history(sdata, save=path, show=False),
-        "domains": lambda: si.pl.domains(sdata, key=_DOMAIN_KEY, save=path, show=False),
+        "domains": lambda: si.pl.domains(sdata, key=Key.INSPIRE_DOMAIN, save=path, show=False),
     }[path.stem]
     plt.close(draw())
 

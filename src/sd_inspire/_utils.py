@@ -202,6 +202,16 @@ def check_counts(x: Any, name: str) -> bool:
     return bool(np.all(np.mod(values, 1) == 0))
 
 
+#: Exclusive upper bound of the integer seeds derived from a ``random_state`` and handed on (to scikit-learn,
+#: leidenalg, torch, NumPy): ``2**31 - 1`` keeps every seed int32-safe for all of them.
+SEED_BOUND = 2**31 - 1
+
+
+def derive_seed(rng: np.random.Generator) -> int:
+    """One integer seed in ``[0, SEED_BOUND)`` drawn from ``rng``, for a library that takes an integer seed."""
+    return int(rng.integers(SEED_BOUND))
+
+
 def random_generator(random_state: int | np.random.Generator | None) -> np.random.Generator:
     """Turn ``random_state`` into a :class:`numpy.random.Generator` (never touches global state)."""
     if isinstance(random_state, np.random.Generator):

@@ -7,16 +7,45 @@ import numbers
 from typing import Any
 
 
-def check_integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` if it is an integer (not a bool) within ``[minimum, maximum]``; else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool: what :func:`check_integer` accepts."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def _bound(value: int, label: str | None) -> str:
+    return f"{label} ({value})" if label else str(value)
+
+
+def check_integer(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    minimum_label: str | None = None,
+    maximum_label: str | None = None,
+    optional: bool = False,
+    type_error: bool = False,
+) -> int | None:
+    """``value`` as an ``int`` if it is an integer (not a bool) within ``[minimum, maximum]``; else ``ValueError``.
+
+    ``minimum_label`` and ``maximum_label`` say what a bound is when it is not a constant, e.g. ``"the number of
+    spots"``: the message then reads "between 1 and the number of spots (300)". With ``optional``, ``None`` is
+    accepted and returned as is. With ``type_error``, a value that is not an integer raises a ``TypeError`` (a value
+    outside the bounds still raises a ``ValueError``).
+    """
+    if optional and value is None:
+        return None
+    if not is_integer(value):
+        kind = "an integer or None" if optional else "an integer"
+        raise (TypeError if type_error else ValueError)(f"`{name}` must be {kind}, got {value!r}.")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low, high = _bound(minimum, minimum_label), _bound(maximum, maximum_label)
         bounds = (
-            f"between {minimum} and {maximum}"
+            f"between {low} and {high}"
             if minimum is not None and maximum is not None
-            else (f"at least {minimum}" if minimum is not None else f"at most {maximum}")
+            else (f"at least {low}" if minimum is not None else f"at most {high}")
         )
         raise ValueError(f"`{name}` must be {bounds}, got {value}.")
     return value

@@ -10,7 +10,7 @@ import shapely
 
 import sd_inspire as si
 from sd_inspire._constants import StereoseqFile
-from sd_inspire.io import _stereoseq
+from sd_inspire.io._stereoseq import _binning, _gef, _gem
 
 HEADER = "#FileFormat=GEMv0.1\n#SortedBy=None\n#BinSize=1\n#Stereo-seqChip=SS200000000TL_A1\n#OffsetX=0\n#OffsetY=0\n"
 BORDER = 32  # vertices per cell in cellBin/cellBorder
@@ -189,11 +189,11 @@ def test_chunk_boundaries_do_not_change_the_result(tmp_path, lines, monkeypatch)
     gem = write_gem(tmp_path / "a.gem", lines)
     gef = write_square_gef(tmp_path / "a.gef", lines, gene_fields="old")
     one = {bin_size: as_frame(si.io.stereoseq(gem, bin_size=bin_size)) for bin_size in (1, 9)}
-    monkeypatch.setattr(_stereoseq, "_BLOCK_SIZE", 64)  # a few lines per batch
-    monkeypatch.setattr(_stereoseq, "_STAGE_ROWS", 5)  # reduce every few lines
-    monkeypatch.setattr(_stereoseq, "_MERGE_MIN", 3)  # merge pending sums all the time
-    monkeypatch.setattr(_stereoseq, "_GEF_CHUNK", 13)
-    monkeypatch.setattr(_stereoseq, "_BUCKET_SPAN_DNB", 4)  # many buckets
+    monkeypatch.setattr(_gem, "_BLOCK_SIZE", 64)  # a few lines per batch
+    monkeypatch.setattr(_binning, "_STAGE_ROWS", 5)  # reduce every few lines
+    monkeypatch.setattr(_binning, "_MERGE_MIN", 3)  # merge pending sums all the time
+    monkeypatch.setattr(_gef, "_GEF_CHUNK", 13)
+    monkeypatch.setattr(_binning, "_BUCKET_SPAN_DNB", 4)  # many buckets
     for bin_size, ref in one.items():
         chunked = as_frame(si.io.stereoseq(gem, bin_size=bin_size))
         pd.testing.assert_frame_equal(chunked, ref)  # same rows, genes and order
@@ -202,9 +202,9 @@ def test_chunk_boundaries_do_not_change_the_result(tmp_path, lines, monkeypatch)
 
 
 def test_large_sums_widen_the_accumulator(tmp_path, monkeypatch):
-    monkeypatch.setattr(_stereoseq, "_BLOCK_SIZE", 64)
-    monkeypatch.setattr(_stereoseq, "_STAGE_ROWS", 1)
-    monkeypatch.setattr(_stereoseq, "_MERGE_MIN", 1)
+    monkeypatch.setattr(_gem, "_BLOCK_SIZE", 64)
+    monkeypatch.setattr(_binning, "_STAGE_ROWS", 1)
+    monkeypatch.setattr(_binning, "_MERGE_MIN", 1)
     rows = [("G1", 0, 0, 65_536), ("G2", 0, 0, 1), ("G1", 1, 1, 65_536), ("G1", 2, 0, 3_221_225_472)]
     rows += [("G1", 3, 3, 3_221_225_472), ("G2", 60, 0, 5)]  # the sums pass 2**16, then 2**32
     df = pd.DataFrame(rows, columns=["geneID", "x", "y", "MIDCount"])
@@ -348,7 +348,7 @@ def test_malformed_gem(tmp_path, body, match):
 
 
 def test_malformed_line_deep_in_a_chunked_gzip(tmp_path, monkeypatch):
-    monkeypatch.setattr(_stereoseq, "_BLOCK_SIZE", 64)
+    monkeypatch.setattr(_gem, "_BLOCK_SIZE", 64)
     rows = "".join(f"G{i % 5}\t{i}\t{i}\t1\n" for i in range(300))
     path = tmp_path / "bad.gem.gz"
     with gzip.open(path, "wt") as f:
@@ -407,11 +407,11 @@ def test_zarr_round_trip(tmp_path, lines, cells, kind):
 def test_large_gem_shows_progress(tmp_path, monkeypatch, capsys):
     gem = tmp_path / "s.gem"
     gem.write_text("geneID\tx\ty\tMIDCount\nA\t1\t2\t3\nB\t60\t2\t1\n")
-    monkeypatch.setattr(_stereoseq, "_PROGRESS_BYTES", 0)  # as if the file were large
+    monkeypatch.setattr(_gem, "_PROGRESS_BYTES", 0)  # as if the file were large
     si.io.stereoseq(gem, bin_size=50)
     assert "Reading s.gem" in capsys.readouterr().err
     si.io.stereoseq(gem, bin_size=50, show_progress_bar=False)
     assert "Reading" not in capsys.readouterr().err
-    monkeypatch.setattr(_stereoseq, "_PROGRESS_BYTES", 10**9)  # a small file: no bar
+    monkeypatch.setattr(_gem, "_PROGRESS_BYTES", 10**9)  # a small file: no bar
     si.io.stereoseq(gem, bin_size=50)
     assert "Reading" not in capsys.readouterr().err

@@ -152,7 +152,7 @@ def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block()
 
 
 def test_anchored_axes_pad_with_zeros_beyond_the_block_width():
-    from sd_inspire.model._data import principal_axes
+    from sd_inspire.model._features import principal_axes
 
     x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
     centre, axes = principal_axes(x, 5)

@@ -38,7 +38,7 @@ def test_two_processes_agree_with_one(tmp_path):
 def test_slice_smaller_than_the_number_of_processes():
     from scipy import sparse
 
-    from sd_inspire.model._data import make_sampler
+    from sd_inspire.model._sampler import make_sampler
 
     slices = np.array([0] * 10 + [1] * 2)
     counts = sparse.csr_matrix(np.ones((12, 3), dtype=np.float32))

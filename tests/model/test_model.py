@@ -185,12 +185,12 @@ def test_large_data_pca_matches_scikit_learn():
     from scipy import sparse
     from sklearn.decomposition import PCA
 
-    from sd_inspire.model._data import _library_and_saturated, _sparse_pca
+    from sd_inspire.model._features import library_and_saturated, sparse_pca
 
     rng = np.random.default_rng(0)
     x = sparse.random(3000, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
     x.data = np.log1p(rng.poisson(3.0, x.nnz) + 1.0).astype(np.float32)
-    y, first_variance, _ = _sparse_pca(x, 5, chunk_size=700)  # several chunks
+    y, first_variance, _ = sparse_pca(x, 5, chunk_size=700)  # several chunks
     pca = PCA(5, svd_solver="arpack", random_state=0)
     expected = pca.fit_transform(x.toarray().astype(np.float64))
     np.testing.assert_allclose(first_variance, pca.explained_variance_[0], rtol=1e-5)
@@ -201,12 +201,12 @@ def test_large_data_pca_matches_scikit_learn():
     dense = counts.toarray()
     with np.errstate(divide="ignore", invalid="ignore"):
         expected_sat = np.nansum(dense * np.log(dense / library[:, None]), axis=1)
-    lib, sat, totals = _library_and_saturated(counts, chunk_size=7)
+    lib, sat, totals = library_and_saturated(counts, chunk_size=7)
     np.testing.assert_allclose(lib, library)
     np.testing.assert_allclose(sat, expected_sat, rtol=1e-5)
     np.testing.assert_allclose(totals, dense.sum(axis=0)[None])
     codes = np.arange(50) % 3
-    _, _, per_slice = _library_and_saturated(counts, chunk_size=7, codes=codes, n_slices=3)
+    _, _, per_slice = library_and_saturated(counts, chunk_size=7, codes=codes, n_slices=3)
     np.testing.assert_allclose(per_slice, np.vstack([dense[codes == k].sum(axis=0) for k in range(3)]))
 
 
@@ -217,7 +217,7 @@ def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
     from scipy import sparse
     from sklearn.decomposition import PCA
 
-    from sd_inspire.model._data import PEARSON_THETA, _library_and_saturated, pearson_pca
+    from sd_inspire.model._features import PEARSON_THETA, library_and_saturated, pearson_pca
 
     rng = np.random.default_rng(0)
     codes = np.repeat([0, 1, 2], [120, 90, 150])
@@ -226,7 +226,7 @@ def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
     counts[codes == 1, 3] = 0  # a gene without counts in one slice: residual 0 there
     counts = sparse.csr_matrix(counts)
     columns = np.array([0, 1, 2, 3, 5, 8, 13, 21, 22, 24])
-    _, _, totals = _library_and_saturated(counts, 50, codes, 3)
+    _, _, totals = library_and_saturated(counts, 50, codes, 3)
     y, first_variance, axes = pearson_pca(counts, totals, codes, columns, 4, chunk_size=37)  # several chunks
 
     residuals = np.zeros((codes.size, columns.size))

@@ -345,7 +345,7 @@ def test_refine_removes_speckles(sim_adata):
     refined = domains(sim_adata, n_domains=5, use_rep="noisy", refine=3, copy=True)
     assert refined.uns["inspire_domain"]["refine"] == 3
     assert ari(truth, refined.obs["inspire_domain"]) > ari(truth, raw) + 0.05
-    with pytest.raises(ValueError, match="`refine` must be an integer >= 0"):
+    with pytest.raises(ValueError, match="`refine` must be at least 0, got -1"):
         domains(sim_adata, n_domains=5, use_rep="noisy", refine=-1)
     del sim_adata.obsp["spatial_connectivities"]
     with pytest.raises(KeyError, match="`refine=1` needs the graph"):

@@ -172,7 +172,7 @@ def test_query_gene_effects_start_at_the_observed_counts(sim, reference):
 def test_query_input_takes_the_reference_spread(sim, reference, tmp_path):
     # a query whose input is 3x noisier/larger than the reference's (another technology, say) is rescaled, column by
     # column within each slice, to the reference's spread before the frozen encoder sees it
-    from sd_inspire.model._data import within_slice_sd
+    from sd_inspire.model._features import within_slice_sd
 
     _, folder = reference
     ref_model = InspireModel.load(folder)
@@ -202,7 +202,7 @@ def test_query_input_takes_the_reference_spread(sim, reference, tmp_path):
 
 
 def test_within_slice_sd_pools_the_slices():
-    from sd_inspire.model._data import match_input_scale, within_slice_sd
+    from sd_inspire.model._features import match_input_scale, within_slice_sd
 
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(5, 1, (400, 2)), rng.normal(-5, 3, (400, 2))])

@@ -158,7 +158,7 @@ def test_batch_mixing_errors():
     bad[0, 0] = np.inf
     with pytest.raises(ValueError, match="`latent` has 1 NaN or infinite"):
         batch_mixing(bad, batches)
-    with pytest.raises(ValueError, match="`n_neighbors` must be a positive integer"):
+    with pytest.raises(ValueError, match="`n_neighbors` must be at least 1, got 0"):
         batch_mixing(latent, batches, n_neighbors=0)
 
 
@@ -184,7 +184,7 @@ def test_factor_diversity_overlap_lowers_score():
 
 
 def test_factor_diversity_errors():
-    with pytest.raises(ValueError, match="`n_top` must be an integer between 1 and the number of genes"):
+    with pytest.raises(ValueError, match=r"`n_top` must be between 1 and the number of genes \(5\), got 6"):
         factor_diversity(np.ones((5, 2)), n_top=6)
     with pytest.raises(ValueError, match="2D"):
         factor_diversity(np.ones(5))

@@ -40,6 +40,7 @@ class Key:
     COUNTS = "counts"
     # var / varm
     MEASURED = "measured"
+    N_SLICES_MEASURED = "n_slices_measured"
     HIGHLY_VARIABLE = "highly_variable"
     MITO = "mt"
     # uns
@@ -49,6 +50,9 @@ class Key:
     # SpatialData
     TABLE = "table"
     SHAPES_SUFFIX = "shapes"
+    # results of sd_inspire.tl (their default key_added)
+    INSPIRE = "inspire"  # tl.integrate: obsm["X_inspire"], obsm["inspire_factors"], uns["inspire"], ...
+    INSPIRE_DOMAIN = "inspire_domain"  # tl.domains: obs["inspire_domain"]
 
 
 @unique

@@ -15,6 +15,7 @@ from scipy import sparse
 
 from sd_inspire._chunks import CHUNK_ROWS
 from sd_inspire._constants import Key, Technology
+from sd_inspire._convert import anndata_to_spatialdata
 from sd_inspire._docs import d
 from sd_inspire._logging import timed
 from sd_inspire._utils import random_generator
@@ -272,10 +273,10 @@ def simulate(
                 "random_state": random_state if isinstance(random_state, int) else None,
             },
         }
-        from sd_inspire.pp._concat import _anndata_to_spatialdata, concat
+        from sd_inspire.pp import concat
 
         slices = {
-            name: _anndata_to_spatialdata(t, name, radius=TECHNOLOGY_PRESETS[tech].radius)
+            name: anndata_to_spatialdata(t, name, radius=TECHNOLOGY_PRESETS[tech].radius)
             for (name, t), tech in zip(tables.items(), techs, strict=True)
         }
         if output == "slices":
@@ -298,13 +299,12 @@ def simulate(
 
 def _spill(adata: AnnData, store: Path) -> AnnData:
     """Write one slice's table to ``store`` and return it with its matrices read from there lazily."""
-    import zarr
-    from anndata.io import write_elem
+    from spatialdata import SpatialData
 
-    from sd_inspire.io._zarr import _read_table_lazily
+    from sd_inspire.io import read_zarr, write_zarr
 
-    write_elem(zarr.open_group(store, mode="w", zarr_format=3), "/", adata)
-    return _read_table_lazily(zarr.open_group(store, mode="r"), CHUNK_ROWS)
+    write_zarr(SpatialData(tables={Key.TABLE: adata}), store)
+    return read_zarr(store, out_of_core=True, chunk_size=CHUNK_ROWS).tables[Key.TABLE]
 
 
 def _per_slice(value, n_slices: int, name: str) -> list:

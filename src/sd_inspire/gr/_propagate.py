@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
-from sd_inspire._chunks import is_lazy, matmul_rows, row_blocks
+from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, is_lazy, matmul_rows, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
+from sd_inspire._graph import normalized_adjacency
 from sd_inspire._logging import log_added, timed
 from sd_inspire._utils import get_table, maybe_copy
 from sd_inspire._validate import check_integer
@@ -30,7 +31,7 @@ def propagate(
     connectivity_key: str = "spatial_connectivities",
     normalization: Literal["symmetric", "mean"] = "symmetric",
     self_loops: bool = True,
-    chunk_size: int = 20_000,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     table_key: str | None = None,
     key_added: str = "propagated",
     copy: bool = False,
@@ -125,30 +126,6 @@ def propagate(
         log_added("obsm", key)
         log_added("uns", key_added)
     return adata if copy else None
-
-
-def normalized_adjacency(
-    adjacency: sparse.spmatrix, *, normalization: str = "symmetric", self_loops: bool = True
-) -> sparse.csr_matrix:
-    """``D^-1/2 (A + I) D^-1/2`` or ``D^-1 (A + I)`` of the symmetrised graph ``A``, as float32 CSR."""
-    a = sparse.csr_matrix(adjacency, dtype=np.float32)
-    if a.shape[0] != a.shape[1]:
-        raise ValueError(f"The graph must be square, got shape {a.shape}.")
-    a = a.maximum(a.T).tocsr()
-    a.setdiag(0)
-    a.eliminate_zeros()
-    if self_loops:
-        a = (a + sparse.identity(a.shape[0], dtype=np.float32, format="csr")).tocsr()
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    with np.errstate(divide="ignore"):
-        inv = np.where(deg > 0, 1.0 / deg, 0.0)
-    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    if normalization == "symmetric":
-        scale = np.sqrt(inv)
-        a.data *= (scale[rows] * scale[a.indices]).astype(np.float32)
-    else:
-        a.data *= inv[rows].astype(np.float32)
-    return a
 
 
 def _features(

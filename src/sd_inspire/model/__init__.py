@@ -1,6 +1,7 @@
 """The INSPIRE model: torch module, minibatch data, trainer and the user-facing :class:`InspireModel`.
 
-Importing :mod:`sd_inspire` does not import this package's torch code: it loads on first attribute access.
+Importing :mod:`sd_inspire` does not import this package's torch code: it loads on first attribute access
+(the numpy functions of the count model, :func:`expected_shares` and :func:`slice_programs`, need no torch).
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sd_inspire.model._counts import expected_shares, slice_programs
     from sd_inspire.model._model import InspireModel
 
-_LAZY_IMPORTS = {"InspireModel": "sd_inspire.model._model"}
+_LAZY_IMPORTS = {
+    "InspireModel": "sd_inspire.model._model",
+    "expected_shares": "sd_inspire.model._counts",
+    "slice_programs": "sd_inspire.model._counts",
+}
 
-__all__ = ["InspireModel"]
+__all__ = ["InspireModel", "expected_shares", "slice_programs"]
 
 
 def __getattr__(name: str) -> Any:

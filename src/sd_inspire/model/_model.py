@@ -15,23 +15,37 @@ import torch
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import REFIT_KEY, convergence, judged_curve, random_generator, values_are_counts
+from sd_inspire._utils import REFIT_KEY, convergence, derive_seed, judged_curve, random_generator
 from sd_inspire._validate import check_integer, check_number
-from sd_inspire.model._data import _slice_indicator, prepare, principal_axes, within_slice_sd
+from sd_inspire.model._counts import expected_shares, slice_programs
 from sd_inspire.model._distributed import World, world
+from sd_inspire.model._features import principal_axes, within_slice_sd
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
-from sd_inspire.model._trainer import REFIT_LR_FACTOR, TrainConfig, Trainer, encoder_input, refit_count_model
+from sd_inspire.model._setup import holds_counts, n_technologies, prepare
+from sd_inspire.model._trainer import (
+    ENCODE_ROWS,
+    REFIT_LR_FACTOR,
+    TrainConfig,
+    Trainer,
+    encoder_input,
+    refit_count_model,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from sd_inspire.model._data import ModelData
+    from sd_inspire.model._setup import ModelData
 
 _WEIGHTS_FILE = "model.pt"
 _META_FILE = "model.json"
 _CHECKPOINT_FILE = "checkpoint.pt"
 _REFIT_STREAM = 7  # random stream of the final fit's minibatches, apart from the training's
 _REDUCTION_FILE = "reduction.npy"
+
+#: Default training length: passes over the largest slice, and the bounds of the steps that gives.
+DEFAULT_PASSES, DEFAULT_STEPS = 40, (600, 3000)
+#: The same for a query mapped onto a reference (only its slices' few parameters are learnt).
+QUERY_PASSES, QUERY_STEPS = 10, (100, 1000)
 
 
 class InspireModel:
@@ -61,32 +75,22 @@ class InspireModel:
         expression (see ``features``), ``Â`` the normalised graph (precomputed, sparse). ``"gat"``: two
         graph-attention layers over 2-hop subgraphs sampled from the graph.
     n_hops
-        Propagation hops ``k`` of the ``"lgcn"`` features. Three hops (the default; INSPIRE used two) gave
-        Gaussian-mixture domains closer to the DLPFC layers (mean per-slice ARI 0.573 ± 0.003 against 0.565 ±
-        0.002 with two, five seeds) and to the simulated domains across four technologies (0.733 against 0.649,
-        three seeds), for a little less mixing of slices within layers (0.79 against 0.81).
+        Propagation hops ``k`` of the ``"lgcn"`` features (INSPIRE used two). Fewer hops keep small domains, more
+        smooth broad ones; *Concepts* in the docs says how the default was chosen.
     n_pcs
         Width of the linear reduction ``Y``.
     features
         What ``Y`` reduces, for the genes every slice measured: ``"pearson"``, analytic Pearson residuals of the raw
         counts (``θ = 100``, clipped, each gene standardised within each slice; see *Concepts* in the docs), or
         ``"lognorm"``, the log-normalised expression in ``X`` centred within each slice (INSPIRE's input).
-        Log-normalised values keep the sequencing depth: on the DLPFC slices the latent space predicted the log
-        library size with R² 0.93 (0.57 from residuals), and Gaussian-mixture domains of that latent space changed
-        with the mixture's seed alone (mean per-slice ARI 0.40-0.60; five model seeds 0.523 ± 0.090, from
-        residuals 0.565 ± 0.002, ``benchmarks/dlpfc.py``). On ``benchmarks/simulated.py`` (3 seeds)
-        residuals mix slices better within domains (replicates 0.88 vs 0.85, four technologies 0.61 vs 0.38) with
-        the same domain ARI (0.966 vs 0.964, 0.649 vs 0.652) and better factor recovery (0.67 vs 0.66, 0.77 vs
-        0.75).
+        Log-normalised values keep the sequencing depth, which then shapes the latent space where depth varies
+        between spots; they may suit small imaging panels. A table of normalised values (no counts) always uses
+        ``"lognorm"``.
     anchored
         Anchor the ``"lgcn"`` encoder at the principal components of the most smoothed block ``Â^k Y``: the codes
         are those components plus a learned correction that starts at zero, so training starts from the domain
         structure of the smoothed expression and moves away from it only as far as the objective asks. Unanchored,
-        training starts from random codes. Seeds 0-2 of ``benchmarks/suite.py`` (Gaussian-mixture probe, mean
-        per-slice ARI), unanchored -> anchored: DLPFC 0.567 -> 0.613, simulated Stereo-seq + Slide-seq islands
-        0.761 -> 0.814, simulated 100-gene panels 0.818 ± 0.141 -> 0.893 ± 0.012; BaristaSeq 0.621 -> 0.571 (one
-        seed of five at 0.456, where the probe's mixture settled badly; k-means 0.611 on it; the others
-        0.611-0.639). Ignored by the ``"gat"`` encoder.
+        training starts from random codes. Ignored by the ``"gat"`` encoder.
     cross_technology
         Make the factors slice-aware (a per-slice offset of the factor logits). ``None`` switches it on when
         ``obs["technology"]`` holds more than one technology.
@@ -141,7 +145,7 @@ class InspireModel:
         n_factors = check_integer(n_factors, "n_factors", minimum=2)
         if features not in ("pearson", "lognorm"):
             raise ValueError(f"`features` must be 'pearson' or 'lognorm', got {features!r}.")
-        if not values_are_counts(adata):
+        if not holds_counts(adata):
             warnings.warn(
                 "The table holds normalised values, not counts (`uns['preprocess']['counts_are_integer']` is "
                 "False): the gene programs are fitted by a KL-divergence non-negative factorisation of the values "
@@ -151,8 +155,7 @@ class InspireModel:
                 stacklevel=2,
             )
             features = "lognorm"
-        self.adata = adata
-        self.seed = int(random_generator(random_state).integers(2**31 - 1))
+        self.seed = derive_seed(random_generator(random_state))
         self.random_state = random_state
         self.device = _device(device)
         self.data: ModelData = prepare(
@@ -170,8 +173,7 @@ class InspireModel:
                 f"`n_factors` must be between 2 and the number of genes in the model ({n_genes}), got {n_factors}."
             )
         if cross_technology is None:
-            techs = adata.obs[Key.TECHNOLOGY].astype(str).unique() if Key.TECHNOLOGY in adata.obs else []
-            cross_technology = len(techs) > 1
+            cross_technology = n_technologies(adata) > 1
         self.params: dict[str, Any] = {
             "slice_key": slice_key,
             "n_factors": n_factors,
@@ -190,34 +192,30 @@ class InspireModel:
             logger.warning("A single slice: training without the alignment terms.")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            anchor = None
-            if self.params["anchored"]:
-                start = self.data.features.shape[1] - self.data.n_base
-                centre, axes = principal_axes(self.data.features[:, start:], n_latent)
-                anchor = (torch.as_tensor(axes), torch.as_tensor(centre), start)
-            self.module = _build_module(
-                self.params,
-                self.data.features.shape[1],
-                self.data.n_base,
-                n_genes,
-                len(self.data.slice_names),
-                anchor,
-            )
-            if self.data.gene_fraction is not None:
-                # gene programs start at the data's mean profile: counts span orders of magnitude across genes,
-                # which logits starting near 0 take thousands of steps to reach, leaving the programs near uniform
-                with torch.no_grad():
-                    mean_profile = torch.as_tensor(np.log(self.data.gene_fraction + 1e-8), dtype=torch.float32)
-                    self.module.loading_logits += mean_profile - mean_profile.mean()
-                    if self.data.slice_log_ratio is not None:  # and slice effects at each slice's own profile
-                        self.module.slice_gene_effect.copy_(
-                            torch.as_tensor(self.data.slice_log_ratio, dtype=torch.float32)
-                        )
-            self.module = self.module.to(self.device)
+            self.module = self._initial_module().to(self.device)
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
         self.world = World()
         self.mapped_onto: dict[str, Any] | None = None  # the reference of a query model (load_query_data)
+
+    def _initial_module(self) -> InspireModule:
+        """The untrained network for :attr:`data`: anchored encoder, programs and slice effects at the data's own."""
+        data, anchor = self.data, None
+        if self.params["anchored"]:
+            start = data.features.shape[1] - data.n_base
+            centre, axes = principal_axes(data.features[:, start:], self.params["n_latent"])
+            anchor = (torch.as_tensor(axes), torch.as_tensor(centre), start)
+        n_input, n_genes, n_slices = data.features.shape[1], len(data.genes), len(data.slice_names)
+        module = _build_module(self.params, n_input, data.n_base, n_genes, n_slices, anchor)
+        if data.gene_fraction is not None:
+            # gene programs start at the data's mean profile: counts span orders of magnitude across genes,
+            # which logits starting near 0 take thousands of steps to reach, leaving the programs near uniform
+            with torch.no_grad():
+                mean_profile = torch.as_tensor(np.log(data.gene_fraction + 1e-8), dtype=torch.float32)
+                module.loading_logits += mean_profile - mean_profile.mean()
+                if data.slice_log_ratio is not None:  # and slice effects at each slice's own profile
+                    module.slice_gene_effect.copy_(torch.as_tensor(data.slice_log_ratio, dtype=torch.float32))
+        return module
 
     # ------------------------------------------------------------------ training
     def train(
@@ -264,9 +262,7 @@ class InspireModel:
             nearest neighbours across two slices in the latent space (searched at the end of the warm-up and three
             times after, on at most 4,096 spots per slice) are drawn together until they are as close as neighbours
             within a slice; a domain one slice lacks finds no partner there and is left alone. ``"both"`` (default):
-            the discriminator for mixing, the anchors to keep matching domains matched. On simulated slices where
-            one covers half the tissue and another lacks a domain, the pooled ARI was 0.83 with the discriminator
-            alone and 0.96 with both; see ``benchmarks/suite.py`` for every dataset.
+            the discriminator for mixing, the anchors to keep matching domains matched.
         warmup_fraction
             Fraction of the steps over which the adversarial weight ramps up from 0 (the anchors are first searched
             at its end); afterwards the discriminator logits are bounded by ``margin``.
@@ -287,18 +283,53 @@ class InspireModel:
             Show a progress bar with the loss terms.
         """
         self._require_data("train on")
-        batch_size, lr = check_integer(batch_size, "batch_size", minimum=1), check_number(lr, "lr", positive=True)
         if checkpoint_dir is not None:
             checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
+        config, weights = self._train_settings(
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            loss_weights=loss_weights,
+            alignment=alignment,
+            warmup_fraction=warmup_fraction,
+            margin=margin,
+            early_stopping=early_stopping,
+            patience=patience,
+            checkpoint_every=checkpoint_every if checkpoint_dir is not None else 0,
+        )
+        self.world = world(self.device)
+        # one stream of minibatches per rank; a single process keeps the seed's own stream
+        rng = np.random.default_rng(self.seed if self.world.rank == 0 else [self.seed, self.world.rank])
+        graph_encoder = self.params["encoder"] == "gat"
+        trainer = Trainer(
+            self.module, self.data, config, weights, rng=rng, device=self.device, graph_encoder=graph_encoder,
+            world=self.world,
+        )  # fmt: skip
+        run = {**asdict(config), "loss_weights": asdict(weights)}  # everything that decides the result
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 1)
+            checkpoint = None if checkpoint_dir is None else self._resume(trainer, Path(checkpoint_dir), run)
+            self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
+        self.train_params = {**run, "batch_size": batch_size}
+        self.is_trained = True
+        if self.mapped_onto is None and weights.poisson > 0:
+            self._fit_count_model(config, weights, show_progress_bar=show_progress_bar)
+        self._warn_unless_converged()
+
+    def _train_settings(
+        self, *, max_steps: int | None, batch_size: int, lr: float, loss_weights: dict[str, float] | None,
+        alignment: str, **config: Any,
+    ) -> tuple[TrainConfig, LossWeights]:  # fmt: skip
+        """The checked settings of a training run (see :meth:`train`), with its default length filled in."""
+        batch_size, lr = check_integer(batch_size, "batch_size", minimum=1), check_number(lr, "lr", positive=True)
         if max_steps is not None:
             max_steps = check_integer(max_steps, "max_steps", minimum=1)
-        n_slices = len(self.data.slice_names)
-        per_slice = max(1, batch_size // n_slices)
-        largest = int(np.bincount(self.data.slices).max())
-        if max_steps is None and self.mapped_onto is not None:  # a query: only its slices' parameters are learnt
-            max_steps = int(np.clip(math.ceil(10 * largest / per_slice), 100, 1000))
-        elif max_steps is None:
-            max_steps = int(np.clip(math.ceil(40 * largest / per_slice), 600, 3000))
+        per_slice = max(1, batch_size // len(self.data.slice_names))
+        if max_steps is None:
+            largest = int(np.bincount(self.data.slices).max())
+            query = self.mapped_onto is not None  # a query: only its slices' parameters are learnt
+            passes, (low, high) = (QUERY_PASSES, QUERY_STEPS) if query else (DEFAULT_PASSES, DEFAULT_STEPS)
+            max_steps = int(np.clip(math.ceil(passes * largest / per_slice), low, high))
         weights = LossWeights()
         for k, v in (loss_weights or {}).items():
             if k not in {f.name for f in fields(LossWeights)}:
@@ -309,76 +340,53 @@ class InspireModel:
             # they need) would cost time and change nothing
             weights.geometry = weights.adversarial = weights.alignment = 0.0
             alignment = "mnn"
-        config = TrainConfig(
-            n_steps=max_steps,
-            per_slice=per_slice,
-            lr=lr,
-            warmup_fraction=warmup_fraction,
-            margin=margin,
-            early_stopping=early_stopping,
-            patience=patience,
-            checkpoint_every=checkpoint_every if checkpoint_dir is not None else 0,
-            alignment=alignment,
-        )
-        self.world = world(self.device)
-        # one stream of minibatches per rank; a single process keeps the seed's own stream
-        rng = np.random.default_rng(self.seed if self.world.rank == 0 else [self.seed, self.world.rank])
-        trainer = Trainer(
+        return TrainConfig(n_steps=max_steps, per_slice=per_slice, lr=lr, alignment=alignment, **config), weights
+
+    def _resume(self, trainer: Trainer, folder: Path, run: dict[str, Any]) -> Path:
+        """The checkpoint file of this rank in ``folder``; a checkpoint of the same run there is loaded first.
+
+        ``run`` holds the settings that decide the result; a checkpoint of a run with other settings is refused.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        # each rank keeps its own sampler position; the weights are the same on every rank
+        checkpoint = folder / (_CHECKPOINT_FILE if self.world.size == 1 else f"checkpoint-rank{self.world.rank}.pt")
+        meta = folder / _META_FILE
+        # how often the run is checkpointed does not decide its result
+        settings = json.loads(json.dumps({**run, "seed": self.seed}))
+        settings.pop("checkpoint_every")
+        if checkpoint.exists() and meta.exists():
+            saved = _read_metadata(meta)
+            self._check_metadata(saved, str(folder))
+            _check_same_run(saved.get("train"), settings, folder)
+            hint = "delete it to train from the start, or pass another `checkpoint_dir`"
+            trainer.load_state(_torch_load(checkpoint, self.device, "checkpoint", hint))
+            logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
+        if self.world.is_main:
+            meta.write_text(json.dumps({**self.metadata, "train": settings}, indent=1))
+        return checkpoint
+
+    def _fit_count_model(self, config: TrainConfig, weights: LossWeights, *, show_progress_bar: bool) -> None:
+        """The count model's final fit on the trained latent space (which itself is left as trained)."""
+        start = time.perf_counter()
+        refit_rng = np.random.default_rng([self.seed, _REFIT_STREAM, self.world.rank])
+        self.history[REFIT_KEY] = refit_count_model(
             self.module,
             self.data,
-            config,
-            weights,
-            rng=rng,
+            self.get_latent_representation(),
+            n_steps=config.n_steps,
+            per_slice=config.per_slice,
+            lr=config.lr * REFIT_LR_FACTOR,
+            weights=weights,
+            rng=refit_rng,
             device=self.device,
-            graph_encoder=self.params["encoder"] == "gat",
             world=self.world,
+            show_progress_bar=show_progress_bar,
         )
-        checkpoint = None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + 1)
-            if checkpoint_dir is not None:
-                folder = Path(checkpoint_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                # each rank keeps its own sampler position; the weights are the same on every rank
-                name = _CHECKPOINT_FILE if self.world.size == 1 else f"checkpoint-rank{self.world.rank}.pt"
-                checkpoint = folder / name
-                meta = folder / _META_FILE
-                # everything that decides the run's result; how often it is checkpointed does not
-                settings = json.loads(
-                    json.dumps({**asdict(config), "loss_weights": asdict(weights), "seed": self.seed})
-                )
-                settings.pop("checkpoint_every")
-                if checkpoint.exists() and meta.exists():
-                    saved = _read_metadata(meta)
-                    self._check_metadata(saved, str(folder))
-                    _check_same_run(saved.get("train"), settings, folder)
-                    hint = "delete it to train from the start, or pass another `checkpoint_dir`"
-                    trainer.load_state(_torch_load(checkpoint, self.device, "checkpoint", hint))
-                    logger.info("Resuming training from step %d of %s", trainer.step, checkpoint)
-                if self.world.is_main:
-                    meta.write_text(json.dumps({**self._metadata(), "train": settings}, indent=1))
-            self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
-        self.train_params = {**asdict(config), "loss_weights": asdict(weights), "batch_size": batch_size}
-        self.is_trained = True
-        if self.mapped_onto is None and weights.poisson > 0:
-            # the count model converged on the final latent space (the latent space itself is left as trained)
-            start = time.perf_counter()
-            refit_rng = np.random.default_rng([self.seed, _REFIT_STREAM, self.world.rank])
-            self.history[REFIT_KEY] = refit_count_model(
-                self.module,
-                self.data,
-                self.get_latent_representation(),
-                n_steps=max_steps,
-                per_slice=per_slice,
-                lr=lr * REFIT_LR_FACTOR,
-                weights=weights,
-                rng=refit_rng,
-                device=self.device,
-                world=self.world,
-                show_progress_bar=show_progress_bar,
-            )
-            self.history["_refit_seconds"] = [time.perf_counter() - start]
-            self.train_params["refit_steps"] = max_steps
+        self.history["_refit_seconds"] = [time.perf_counter() - start]
+        self.train_params["refit_steps"] = config.n_steps
+
+    def _warn_unless_converged(self) -> None:
+        """Warn (first process only) when the judged loss curve has not levelled off, or is too short to tell."""
         check, steps = self.convergence, len(self.history.get("loss", []))
         what = "the final fit of the factors" if judged_curve(self.history) == REFIT_KEY else "training"
         if self.world.is_main and np.isnan(check["loss_change"]):
@@ -422,7 +430,7 @@ class InspireModel:
             )
 
     @torch.inference_mode()
-    def _forward_all(self, what: Literal["latent", "factors"], chunk_size: int = 8192) -> np.ndarray:
+    def _forward_all(self, what: Literal["latent", "factors"], chunk_size: int = ENCODE_ROWS) -> np.ndarray:
         self._require_trained()
         self._require_data(f"compute the {what} of")
         self.module.eval()
@@ -462,8 +470,45 @@ class InspireModel:
         self._require_trained()
         return torch.exp(self.module.slice_gene_effect).cpu().numpy().astype(np.float32)
 
+    def get_factor_sd(self, *, factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior standard deviation of each spot's factor proportions, and each slice's dispersion.
+
+        A Laplace approximation of the count likelihood with the gene programs and slice effects fixed (see
+        *Concepts* in the docs), read over the model's counts in blocks of spots.
+
+        Parameters
+        ----------
+        factors
+            The model's factors (:meth:`get_factors`), if already computed; computed here otherwise.
+
+        Returns
+        -------
+        ``sd`` (spots x factors, float32; scaled by the square root of the spot's slice dispersion and at most 1/2)
+        and ``dispersion`` (one Pearson dispersion per slice, at least 1).
+        """
+        from sd_inspire.model._posterior import factor_sd
+
+        self._require_trained()
+        self._require_data("estimate the uncertainty of")
+        beta = self.get_factors() if factors is None else factors
+        d = self.data
+        return factor_sd(beta, self.get_loadings().T, self.get_slice_effects(), d.mask, d.counts, d.slices)
+
+    @property
+    def values_are_counts(self) -> bool:
+        """Whether the model was trained on counts (``False``: normalised values, fitted by a KL factorisation)."""
+        if self.data is not None:
+            return bool(self.data.values_are_counts)
+        return bool(self._reference.get("values_are_counts", True))
+
     # ------------------------------------------------------------------ persistence
-    def _metadata(self) -> dict[str, Any]:
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What :meth:`save` records besides the weights: genes, slices, parameters, seeds, versions, reference.
+
+        ``reference`` holds what the model needs without its training data (input sizes, genes each slice measured,
+        the input reduction's scale and spread); ``mapped_onto`` names the reference of a query model.
+        """
         from sd_inspire._versions import versions
 
         return {
@@ -548,7 +593,7 @@ class InspireModel:
             with open(folder / (_REDUCTION_FILE + ".tmp"), "wb") as f:
                 np.save(f, axes, allow_pickle=False)
             (folder / (_REDUCTION_FILE + ".tmp")).replace(folder / _REDUCTION_FILE)
-        meta = {**self._metadata(), "history": self.history}
+        meta = {**self.metadata, "history": self.history}
         tmp = folder / (_META_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(folder / _META_FILE)
@@ -671,27 +716,46 @@ class InspireModel:
             If the reference is not trained or lacks its input reduction (saved by an older version), or the query
             shares too few genes with it.
         """
-        from sd_inspire.model._data import Reduction, prepare_query
-        from sd_inspire.model._data import match_input_scale as match_input_scale_
-
         ref = reference if isinstance(reference, InspireModel) else cls.load(reference, device=device)
         ref._require_trained()
-        axes, info = ref._reduction_axes(), ref._reference_info()
+        data = ref._query_data(adata, slice_key=slice_key, match_input_scale=match_input_scale)
+        model = cls.__new__(cls)
+        model.data = data
+        model.params = {**ref.params, "slice_key": slice_key}
+        model.random_state = random_state
+        model.seed = derive_seed(random_generator(random_state))
+        model.device = _device(device)
+        model.world = World()
+        model.history, model.is_trained = {}, False
+        model.mapped_onto = {"reference_id": ref.reference_id, "slices": ref.slice_names}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model.seed)
+            model.module = ref._query_module(model.params, data)
+        model.module = model.module.to(model.device)
+        model._match_query_effects()
+        return model
+
+    def _query_data(self, adata: AnnData, *, slice_key: str | None, match_input_scale: bool) -> ModelData:
+        """New slices in this (reference) model's gene and input space; see :meth:`load_query_data`."""
+        from sd_inspire.model._features import match_input_scale as match_input_scale_
+        from sd_inspire.model._setup import Reduction, prepare_query
+
+        axes, info = self._reduction_axes(), self._reference_info()
         if axes is None or info.get("reduction_scale") is None:
             raise ValueError(
                 "The reference model has no record of its input reduction (saved by an older sd-inspire version): "
                 "load it with its training data and save it again."
             )
-        if ref.params["encoder"] != "lgcn":
+        if self.params["encoder"] != "lgcn":
             raise ValueError("Only models with the 'lgcn' encoder can serve as a reference for now.")
         data = prepare_query(
             adata,
-            genes=ref.genes,
+            genes=self.genes,
             feature_genes=list(info["feature_genes"]),
-            reduction=Reduction(ref.params["features"], np.asarray(axes, dtype=np.float32), info["reduction_scale"]),
+            reduction=Reduction(self.params["features"], np.asarray(axes, dtype=np.float32), info["reduction_scale"]),
             slice_key=slice_key,
-            n_hops=ref.params["n_hops"],
-            connectivity_key=ref.params["connectivity_key"],
+            n_hops=self.params["n_hops"],
+            connectivity_key=self.params["connectivity_key"],
             values_are_counts_=bool(info.get("values_are_counts", True)),
         )
         if match_input_scale:
@@ -711,54 +775,41 @@ class InspireModel:
                         f"{data.features.shape[1]}: a damaged model folder."
                     )
                 match_input_scale_(data.features, data.slices, len(data.slice_names), target)
-        extra = int((~adata.var_names.isin(ref.genes)).sum())
         logger.info(
             "Query: %d of the reference's %d genes measured (the others masked), %d of its %d input genes; %d genes "
             "of the query are not in the reference and left out",
-            data.extra["genes_present"],
-            len(ref.genes),
-            data.extra["feature_genes_present"],
+            data.n_genes_present,
+            len(self.genes),
+            data.n_feature_genes_present,
             len(info["feature_genes"]),
-            extra,
+            data.n_genes_left_out,
         )
-        model = cls.__new__(cls)
-        model.adata, model.data = adata, data
-        model.params = {**ref.params, "slice_key": slice_key}
-        model.random_state = random_state
-        model.seed = int(random_generator(random_state).integers(2**31 - 1))
-        model.device = _device(device)
-        model.world = World()
-        model.history, model.is_trained = {}, False
-        model.mapped_onto = {"reference_id": ref.reference_id, "slices": ref.slice_names}
-        n_base = data.n_base
-        anchor = None
-        if model.params["anchored"]:
-            n_input = data.features.shape[1]
-            anchor = (torch.zeros(n_base, model.params["n_latent"]), torch.zeros(n_base), n_input - n_base)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(model.seed)
-            model.module = _build_module(
-                model.params, data.features.shape[1], n_base, len(ref.genes), len(data.slice_names), anchor
-            )
-        state, mine = ref.module.state_dict(), model.module.state_dict()
-        n_query = len(data.slice_names)
+        return data
+
+    def _query_module(self, params: dict[str, Any], data: ModelData) -> InspireModule:
+        """The network of a query: this model's weights, with the new slices' own parameters trainable.
+
+        The new slices' embeddings, gene effects and factor offsets start at the mean of this model's slices.
+        """
+        n_query, n_input = len(data.slice_names), data.features.shape[1]
+        anchor = _placeholder_anchor(params, n_input, data.n_base)
+        module = _build_module(params, n_input, data.n_base, len(self.genes), n_query, anchor)
+        state, mine = self.module.state_dict(), module.state_dict()
         for name in ("slice_embedding.weight", "factor_slice_bias", "slice_gene_effect"):
             state[name] = state[name].mean(dim=0, keepdim=True).expand(n_query, -1).clone()
         for name, tensor in mine.items():  # the discriminator's output layer: one output per query slice
             if state[name].shape != tensor.shape:
                 state[name] = tensor
-        model.module.load_state_dict(state)
+        module.load_state_dict(state)
         trainable = {"slice_embedding.weight", "slice_gene_effect"} | (
-            {"factor_slice_bias"} if model.params["cross_technology"] else set()
+            {"factor_slice_bias"} if params["cross_technology"] else set()
         )
-        for name, parameter in model.module.named_parameters():
+        for name, parameter in module.named_parameters():
             parameter.requires_grad_(name in trainable)
-        model.module = model.module.to(model.device)
-        model._match_query_effects()
-        return model
+        return module
 
     @torch.inference_mode()
-    def _match_query_effects(self, n_iter: int = 20, chunk_size: int = 8192, pseudo: float = 0.5) -> None:
+    def _match_query_effects(self, n_iter: int = 20, chunk_size: int = ENCODE_ROWS, pseudo: float = 0.5) -> None:
         """Start a query's gene effects where its expected counts per gene match the observed ones.
 
         With the encoder, factor head and programs frozen, each query slice's factors are fixed, and its gene
@@ -770,8 +821,7 @@ class InspireModel:
         data, module = self.data, self.module
         was_training = module.training
         module.eval()
-        n_slices = len(data.slice_names)
-        observed = data.extra["gene_totals"]  # slices x genes, counted by prepare_query
+        observed = data.gene_totals  # slices x genes, counted by prepare_query
         features = torch.as_tensor(data.features, device=self.device)
         betas = []
         for start in range(0, data.n_obs, chunk_size):
@@ -784,13 +834,12 @@ class InspireModel:
         mask = data.mask.astype(np.float64)
         for _ in range(n_iter):
             expected = np.zeros_like(observed)
-            weights = np.exp(gamma) * mask  # S x G
+            weighted = slice_programs(programs, np.exp(gamma), mask)
             for start in range(0, data.n_obs, chunk_size):
-                stop = min(start + chunk_size, data.n_obs)
-                codes = data.slices[start:stop]
-                q = (beta[start:stop] @ programs) * weights[codes]
-                share = data.library[start:stop, None] * q / q.sum(axis=1, keepdims=True)
-                expected += _slice_indicator(codes, n_slices) @ share
+                codes = data.slices[start : start + chunk_size]
+                for s in np.unique(codes):
+                    rows = start + np.flatnonzero(codes == s)
+                    expected[s] += data.library[rows].astype(np.float64) @ expected_shares(beta[rows], weighted[s])
             gamma += np.where(mask > 0, np.log((observed + pseudo) / (expected + pseudo)), 0.0)
         module.slice_gene_effect.copy_(torch.as_tensor(gamma, dtype=torch.float32))
         module.train(was_training)
@@ -820,7 +869,7 @@ class InspireModel:
             except (OSError, ValueError) as e:
                 raise ValueError(f"{folder / _REDUCTION_FILE}: not a readable input reduction ({e}).") from None
         model = cls.__new__(cls)
-        model.adata, model.data = None, None
+        model.data = None
         model.params = dict(meta["params"])
         model.random_state, model.seed = meta["random_state"], int(meta["seed"])
         model.device = _device(device)
@@ -828,11 +877,7 @@ class InspireModel:
         model._reference = {**reference, "mask": mask.astype(int).tolist()}
         model.world = World()
         model.mapped_onto = meta.get("mapped_onto")
-        anchor = None
-        if model.params["anchored"]:  # shapes only: the values come with the weights
-            n_base = int(reference["n_base"])  # the anchored block, the most smoothed, is the last
-            start = int(reference["n_input"]) - n_base
-            anchor = (torch.zeros(n_base, model.params["n_latent"]), torch.zeros(n_base), start)
+        anchor = _placeholder_anchor(model.params, int(reference["n_input"]), int(reference["n_base"]))
         model.module = _build_module(
             model.params, int(reference["n_input"]), int(reference["n_base"]), len(genes), len(slices), anchor
         ).to(model.device)
@@ -865,6 +910,18 @@ def _build_module(
     )
 
 
+def _placeholder_anchor(
+    params: dict[str, Any], n_input: int, n_base: int
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """An anchor of the right shapes for a module whose weights (anchor included) are loaded afterwards.
+
+    The anchored block, the most smoothed, is the last ``n_base`` columns of the input.
+    """
+    if not params["anchored"]:
+        return None
+    return torch.zeros(n_base, params["n_latent"]), torch.zeros(n_base), n_input - n_base
+
+
 def _check_same_run(saved: dict[str, Any] | None, settings: dict[str, Any], folder: Path) -> None:
     """Refuse to resume a checkpoint of a run with other training settings (it would return that run's result)."""
     if saved is None:  # written before the settings were recorded: nothing to compare
@@ -878,14 +935,11 @@ def _check_same_run(saved: dict[str, Any] | None, settings: dict[str, Any], fold
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
-    """Metadata of a saved model or checkpoint, with parameters added since it was written filled in.
-
-    A missing parameter gets the value the model was trained with: ``features="lognorm"``, the only input before the
-    parameter existed, and ``anchored=False``.
-    """
+    """Metadata of a saved model or checkpoint (``model.json``); a file that is not one gives a message naming it."""
     try:
         meta = json.loads(path.read_text())
-        meta["params"] = {"features": "lognorm", "anchored": False, **meta["params"]}
+        if not isinstance(meta, dict) or not isinstance(meta["params"], dict):
+            raise TypeError("no parameters")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: not the metadata of a saved model (truncated or edited? {type(e).__name__}: {e})."

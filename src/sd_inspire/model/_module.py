@@ -11,6 +11,9 @@ from torch.nn import functional as F
 
 _GEOMETRY_MAX = 1024
 
+#: Width of the learned slice embedding the decoder reads beside the latent code.
+SLICE_EMBEDDING_WIDTH = 8
+
 
 @dataclass
 class LossWeights:
@@ -89,8 +92,8 @@ class InspireModule(nn.Module):
             if anchor is not None:
                 encoder = AnchoredMLP(encoder, *anchor)
         self.encoder = encoder
-        self.slice_embedding = nn.Embedding(n_slices, 8)
-        self.decoder = mlp(n_latent + 8, n_hidden, n_input, dropout)
+        self.slice_embedding = nn.Embedding(n_slices, SLICE_EMBEDDING_WIDTH)
+        self.decoder = mlp(n_latent + SLICE_EMBEDDING_WIDTH, n_hidden, n_input, dropout)
         self.factor_head = nn.Linear(n_latent, n_factors)
         self.factor_slice_bias = nn.Parameter(torch.zeros(n_slices, n_factors), requires_grad=slice_aware_factors)
         self.loading_logits = nn.Parameter(0.01 * torch.randn(n_factors, n_genes))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sd_inspire._chunks import row_blocks
+from sd_inspire.model._counts import slice_programs
 
 
 def factor_sd(
@@ -72,7 +73,7 @@ def factor_sd(
     var = np.zeros((n, k))
     pearson = np.zeros(effects.shape[0])
     dof = np.zeros(effects.shape[0])
-    weights = loadings[None] * (effects * mask)[:, None, :]  # S x K x G
+    weights = slice_programs(loadings, effects, mask)  # S x K x G
     projection = np.eye(k) - 1.0 / k
     for start, stop, block in row_blocks(counts, chunk_size):
         x = block.toarray().astype(np.float64)

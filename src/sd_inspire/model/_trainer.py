@@ -11,16 +11,16 @@ import torch
 
 from sd_inspire._logging import logger
 from sd_inspire.model._anchors import anchor_subsample, mutual_neighbours, neighbour_reach
-from sd_inspire.model._data import make_sampler, sample_subgraph
 from sd_inspire.model._distributed import World, average_gradients, mean_over_ranks
+from sd_inspire.model._sampler import make_sampler, sample_subgraph
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from scipy import sparse
 
-    from sd_inspire.model._data import ModelData
     from sd_inspire.model._module import InspireModule, LossWeights
+    from sd_inspire.model._setup import ModelData
 
 
 @dataclass
@@ -30,19 +30,27 @@ class TrainConfig:
     n_steps: int
     per_slice: int
     lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_fraction: float = 0.2
     margin: float = 5.0
-    discriminator_steps: int = 1
     early_stopping: bool = False
     patience: int = 200
-    min_delta: float = 1e-3
     checkpoint_every: int = 0
-    fanout: int = 0  # graph encoders: neighbours sampled per node and hop, 0 = all
     alignment: str = "both"  # "mnn": anchor pairs pulled together; "adversarial": slice discriminator; "both"
     anchor_neighbours: int = 20  # k of the mutual nearest neighbours
     anchor_refreshes: int = 4  # anchor searches: at the end of the warm-up and evenly after it
 
+
+#: Spots encoded at once in forward passes without gradients (anchor searches, the latent codes of all spots).
+ENCODE_ROWS = 8192
+
+#: Weight of each step's loss in the exponentially smoothed loss that early stopping watches (the past keeps 0.98).
+LOSS_SMOOTHING = 0.02
+
+#: Relative fall of the smoothed loss that counts as an improvement for early stopping.
+EARLY_STOPPING_MIN_DELTA = 1e-3
+
+#: Steps between updates of the progress bar's loss figures.
+PROGRESS_EVERY = 20
 
 #: The final fit of the count model learns at this multiple of the training's learning rate: with the latent codes
 #: fixed it is a small, well-posed problem, and a program's logits must span several units (a gene 100 times more
@@ -112,8 +120,6 @@ def encoder_input(
     idx: np.ndarray,
     device: torch.device,
     n_layers: int | None = None,
-    fanout: int = 0,
-    rng: np.random.Generator | None = None,
 ) -> torch.Tensor | tuple:
     """What the encoder reads for spots ``idx``.
 
@@ -122,7 +128,7 @@ def encoder_input(
     """
     if n_layers is None:
         return features[torch.as_tensor(idx, device=device)]
-    nodes, sub = sample_subgraph(data.graph, idx, n_layers, fanout=fanout, rng=rng)
+    nodes, sub = sample_subgraph(data.graph, idx, n_layers)
     edge_index = torch.as_tensor(np.vstack([sub.col, sub.row]).astype(np.int64), device=device)
     return (features[torch.as_tensor(nodes, device=device), : data.n_base], edge_index, int(idx.size))
 
@@ -145,9 +151,7 @@ class Trainer:
         self.module, self.data, self.config, self.weights = module, data, config, weights
         self.device, self.rng, self.graph_encoder = device, rng, graph_encoder
         self.world = world or World()
-        self.opt = torch.optim.Adam(
-            module.generative_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
+        self.opt = torch.optim.Adam(module.generative_parameters(), lr=config.lr, fused=True)
         self.opt_disc = torch.optim.Adam(module.discriminator.parameters(), lr=config.lr, fused=True)
         # data-parallel: each rank draws its share of every minibatch from its own shard of every slice
         per_rank = max(1, -(-config.per_slice // self.world.size))
@@ -183,7 +187,7 @@ class Trainer:
     def encoder_input(self, idx: np.ndarray) -> torch.Tensor | tuple:
         """What the encoder reads for spots ``idx`` (a sampled subgraph for a graph encoder)."""
         n_layers = self.module.encoder.n_layers if self.graph_encoder else None
-        return encoder_input(self._features, self.data, idx, self.device, n_layers, self.config.fanout, self.rng)
+        return encoder_input(self._features, self.data, idx, self.device, n_layers)
 
     # -- alignment anchors
     @property
@@ -207,8 +211,8 @@ class Trainer:
         self.module.eval()
         z = np.concatenate(
             [
-                self.module.encode(self.encoder_input(rows[i : i + 8192])).cpu().numpy()
-                for i in range(0, rows.size, 8192)
+                self.module.encode(self.encoder_input(rows[i : i + ENCODE_ROWS])).cpu().numpy()
+                for i in range(0, rows.size, ENCODE_ROWS)
             ]
         )
         self.module.train(was_training)
@@ -240,7 +244,7 @@ class Trainer:
         return self.weights.adversarial * min(1.0, self.step / self.warmup_steps)
 
     def train_step(self) -> dict[str, float]:
-        """One generator step and ``discriminator_steps`` discriminator steps."""
+        """One step of the model, then one of the discriminator."""
         self.module.train()
         if self.uses_anchors and self.step in self.anchor_steps():
             self.refresh_anchors()
@@ -280,12 +284,11 @@ class Trainer:
         record = {k: float(v.detach()) for k, v in terms.items()}
         record["loss"] = float(loss.detach())
         if self.uses_discriminator:
-            for _ in range(self.config.discriminator_steps):
-                d_loss = self.module.discriminator_loss(z, b["s"], margin)
-                self.opt_disc.zero_grad(set_to_none=True)
-                d_loss.backward()
-                average_gradients(self.opt_disc.param_groups[0]["params"], self.world.size)
-                self.opt_disc.step()
+            d_loss = self.module.discriminator_loss(z, b["s"], margin)
+            self.opt_disc.zero_grad(set_to_none=True)
+            d_loss.backward()
+            average_gradients(self.opt_disc.param_groups[0]["params"], self.world.size)
+            self.opt_disc.step()
             record["discriminator"] = float(d_loss.detach())
         self.step += 1
         return record
@@ -354,12 +357,15 @@ class Trainer:
             value = record["loss"]
             if cfg.early_stopping and self.world.size > 1:  # every rank must stop at the same step
                 value = mean_over_ranks(value, self.world.size)
-            smooth = stop["smooth"] = value if stop["smooth"] is None else 0.98 * stop["smooth"] + 0.02 * value
-            if self.step % 20 == 0:
+            previous = stop["smooth"]
+            smooth = stop["smooth"] = (
+                value if previous is None else (1 - LOSS_SMOOTHING) * previous + LOSS_SMOOTHING * value
+            )
+            if self.step % PROGRESS_EVERY == 0:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "poisson", "adversarial")})
             bar.update(1)
             if cfg.early_stopping and self.step > self.warmup_steps:
-                if smooth < stop["best"] - cfg.min_delta * abs(stop["best"]):
+                if smooth < stop["best"] - EARLY_STOPPING_MIN_DELTA * abs(stop["best"]):
                     stop["best"], stop["since_best"] = smooth, 0
                 else:
                     stop["since_best"] += 1

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from sd_inspire._utils import category_colors
+from sd_inspire._validate import is_integer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -317,7 +318,7 @@ def select_factors(factors: int | Sequence[int] | None, n_factors: int, source: 
     if factors is None:
         return list(range(n_factors))
     chosen = [factors] if isinstance(factors, int | np.integer) else list(factors)
-    wrong = [f for f in chosen if isinstance(f, bool) or not isinstance(f, int | np.integer)]
+    wrong = [f for f in chosen if not is_integer(f)]
     if wrong:
         raise TypeError(f"Factors are given by their integer index, got {wrong}.")
     if not chosen:

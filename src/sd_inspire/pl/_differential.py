@@ -8,6 +8,7 @@ import numpy as np
 
 from sd_inspire._docs import d
 from sd_inspire._utils import get_table
+from sd_inspire._validate import check_integer
 from sd_inspire.pl._base import finish, palette, panel_grid, require, select_factors
 
 if TYPE_CHECKING:
@@ -87,9 +88,8 @@ def differential_factors(
     results, usage = out["results"], out["usage"]
     names = [c for c in usage.columns if c != "condition"]
     if factors is None:
-        if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
-            raise ValueError(f"`n_top` must be a positive integer, got {n_top!r}.")
-        chosen = list(dict.fromkeys(results["factor"]))[: int(n_top)]
+        n_top = check_integer(n_top, "n_top", minimum=1)
+        chosen = list(dict.fromkeys(results["factor"]))[:n_top]
     else:
         chosen = [names[k] for k in select_factors(factors, len(names), f"`adata.uns[{key!r}]`")]
     conditions = [str(c) for c in usage["condition"].cat.categories]

@@ -1,4 +1,4 @@
-"""Combine slices into one SpatialData with one table."""
+"""Combine slices into one SpatialData with one table, and split one into its slices."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ import pandas as pd
 from anndata import AnnData
 
 from sd_inspire._constants import Key, Technology
+from sd_inspire._convert import anndata_to_spatialdata, plain_uns
 from sd_inspire._logging import log_added, timed
-from sd_inspire._utils import get_spatial, get_table, is_spatialdata, median_neighbour_distance
+from sd_inspire._utils import get_spatial, get_table, is_spatialdata
+from sd_inspire.pp._reset import _reset
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from spatialdata import SpatialData
 
 #: Technology of a slice read by spatialdata-io, from the reader name it stamps into ``SpatialData.attrs``.
@@ -35,6 +39,7 @@ def concat(
     slice_key: str = Key.SLICE,
     index_unique: str | None = "-",
     gene_key: str | None = None,
+    reset_counts: bool = False,
 ) -> SpatialData:
     """Combine several slices into one SpatialData with a single table.
 
@@ -63,6 +68,10 @@ def concat(
     gene_key
         Column of each slice's ``var`` holding the gene identifiers to match slices on (e.g. ``"gene_ids"`` for
         Ensembl ids); by default the ``var_names``.
+    reset_counts
+        Combine the slices' raw counts: each slice's table is first reset as :func:`sd_inspire.pp.reset_counts`
+        does (``X`` from ``layers["counts"]`` if present, no layers, no results of an earlier preprocessing or
+        integration), so that the combined table is preprocessed as one. The inputs are not modified.
 
     Returns
     -------
@@ -103,7 +112,7 @@ def concat(
         sdatas = {}
         for name, item in zip(names, slices.values(), strict=True):
             if isinstance(item, AnnData):
-                sdatas[name] = _anndata_to_spatialdata(item, name)
+                sdatas[name] = anndata_to_spatialdata(item, name)
             elif is_spatialdata(item):
                 sdatas[name] = item
             else:
@@ -123,6 +132,8 @@ def concat(
                 elements[kind][new_name] = _relabel_coordinate_systems(element, cs_map)
                 owned.setdefault(name, []).append((kind, new_name))
             table, slice_regions, tech = _slice_table(sd, name, table_key, rename, slice_key, gene_key)
+            if reset_counts:
+                _reset(table)  # a new AnnData: the slice's own table is left as it is
             if len(sd.tables) > 1:
                 warnings.warn(
                     f"Slice {name!r}: only table {table_key or 'table'!r} is combined; the others "
@@ -145,7 +156,7 @@ def concat(
         _check_unique_names(table, slice_key)
         measured = measured.loc[table.var_names]
         table.varm[Key.MEASURED] = measured
-        table.var["n_slices_measured"] = measured.sum(axis=1).to_numpy()
+        table.var[Key.N_SLICES_MEASURED] = measured.sum(axis=1).to_numpy()
         table.obs[slice_key] = pd.Categorical(table.obs[slice_key].astype(str), categories=names)
         table.obs[Key.TECHNOLOGY] = pd.Categorical(table.obs[Key.TECHNOLOGY].astype(str))
         table.obs[Key.REGION] = pd.Categorical(table.obs[Key.REGION].astype(str), categories=regions)
@@ -157,6 +168,114 @@ def concat(
         sdata = SpatialData(**elements, tables={Key.TABLE: table})
         sdata.attrs["sd_inspire"] = {"slices": names, "technology": {n: str(t) for n, t in techs.items()}}
     return sdata
+
+
+def split(
+    sdata: SpatialData,
+    *,
+    table_key: str | None = None,
+    slice_key: str = Key.SLICE,
+    name: str | None = None,
+) -> dict[str, SpatialData]:
+    """Split a SpatialData into one SpatialData per slice, the way back from :func:`concat`.
+
+    Each slice gets a copy of its rows of the table, annotating only the regions (shapes) of its own spots, and
+    the spatial elements that belong to it: those its rows annotate, the element named after the slice and those
+    whose names start with ``"{slice}_"`` (as :func:`concat` names them). A table of a single slice keeps every
+    element. Spatial elements are shared with ``sdata``, not copied, and keep their names and coordinate systems;
+    other tables are left out. Each slice's table keeps every gene of the table, with ``varm``: zeros where the
+    slice did not measure a gene, which ``varm["measured"]`` of :func:`concat` tells. The slices can be combined
+    again, with other slices, by :func:`concat`. ``sdata`` is not modified.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData whose table annotates spatial elements (``obs`` holds the region and instance keys of its
+        ``uns["spatialdata_attrs"]``).
+    table_key
+        Table to split; may be omitted when the SpatialData holds a single table or one named ``"table"``.
+    slice_key
+        Column of ``obs`` with the slice of each spot, as written by :func:`concat`.
+    name
+        Name of the single slice of a table without ``obs[slice_key]``; also names the data in the error of a table
+        that annotates no element.
+
+    Returns
+    -------
+    Slice name -> SpatialData with table ``"table"``, in the order in which the slices first appear in the table.
+
+    Raises
+    ------
+    TypeError
+        If ``sdata`` is not a SpatialData.
+    KeyError
+        If ``table_key`` names no table, or ``obs`` has no column ``slice_key`` and ``name`` is not given.
+    ValueError
+        If the table annotates no spatial element (``obs`` lacks its region or instance key).
+
+    Examples
+    --------
+    >>> import sd_inspire as si
+    >>> sdata = si.datasets.simulate(2, n_spots=300, n_genes=100)
+    >>> parts = si.pp.split(sdata)
+    >>> {name: part["table"].n_obs for name, part in parts.items()}
+    {'slice0': 300, 'slice1': 300}
+    >>> si.pp.concat(parts)["table"].n_obs
+    600
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    if not is_spatialdata(sdata):
+        raise TypeError(f"Expected a SpatialData, got {type(sdata).__name__}.")
+    table = get_table(sdata, table_key)
+    attrs = table.uns.get(TableModel.ATTRS_KEY) or {}
+    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    if region_key not in table.obs or instance_key not in table.obs:
+        what = f"The table of slice {name!r}" if name is not None else f"Table {table_key or Key.TABLE!r}"
+        raise _not_annotated(what)
+    if slice_key in table.obs:
+        slice_of = table.obs[slice_key].astype(str)
+    elif name is not None:
+        slice_of = pd.Series(name, index=table.obs_names)
+    else:
+        raise KeyError(
+            f"No column {slice_key!r} in `obs` of the table (columns: {list(table.obs.columns)}); pass the right "
+            "`slice_key=`, or `name=` to take the whole table as one slice."
+        )
+    out = {}
+    for slice_name in pd.unique(slice_of):
+        rows = (slice_of == slice_name).to_numpy()
+        part = table[rows].copy() if not rows.all() else table.copy()
+        regions = [str(r) for r in pd.unique(part.obs[region_key].astype(str))]
+        part.obs[region_key] = pd.Categorical(part.obs[region_key].astype(str), categories=regions)
+        part.uns.pop(TableModel.ATTRS_KEY, None)
+        part = TableModel.parse(part, region=regions, region_key=region_key, instance_key=instance_key)
+        if rows.all():
+            elements = _elements(sdata, lambda _: True)
+        else:
+            elements = _elements(
+                sdata, lambda el, n=slice_name, r=regions: el in r or el == n or el.startswith(f"{n}_")
+            )
+        out[slice_name] = SpatialData(**elements, tables={Key.TABLE: part})
+    return out
+
+
+def _elements(sdata: SpatialData, keep: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+    """The spatial elements of ``sdata`` whose names ``keep`` accepts, by kind (``images``, ``shapes``, ...)."""
+    elements: dict[str, dict[str, Any]] = {}
+    for kind, el_name, element in sdata.gen_spatial_elements():
+        if keep(el_name):
+            elements.setdefault(kind, {})[el_name] = element
+    return elements
+
+
+def _not_annotated(table: str) -> ValueError:
+    """The error of a table without region/instance keys; ``table`` names it, e.g. ``"The table of slice 'A'"``."""
+    return ValueError(
+        f"{table} does not annotate any spatial element (no region/instance keys); "
+        "pass the AnnData itself or parse the table with `spatialdata.models.TableModel`."
+    )
 
 
 def _coordinate_systems(sdata: SpatialData) -> list[str]:
@@ -253,10 +372,7 @@ def _slice_table(
     attrs = table.uns.get(TableModel.ATTRS_KEY, {})
     region, region_key, instance_key = (attrs.get(k) for k in ("region", "region_key", "instance_key"))
     if region is None or region_key not in table.obs or instance_key not in table.obs:
-        raise ValueError(
-            f"The table of slice {name!r} does not annotate any spatial element (no region/instance keys); "
-            "pass the AnnData itself or parse the table with `spatialdata.models.TableModel`."
-        )
+        raise _not_annotated(f"The table of slice {name!r}")
     obs = table.obs.copy()
     new_region = obs[region_key].astype(str).map(lambda r: rename.get(r, r))
     instance = obs[instance_key].to_numpy()
@@ -289,7 +405,7 @@ def _slice_table(
             stacklevel=3,
         )
         var.index = _make_unique(var.index)
-    uns = _plain_uns(table.uns)
+    uns = plain_uns(table.uns)
     libraries = uns.get("spatial")
     if isinstance(libraries, Mapping) and len(libraries) == 1:  # squidpy's library of the slice, under its name
         uns["spatial"] = {name: next(iter(libraries.values()))}
@@ -331,54 +447,6 @@ def _centroids(sdata: SpatialData, table: AnnData, region_key: str, instance_key
             raise KeyError(f"Slice {name!r}: {int((pos < 0).sum())} table rows annotate shapes missing in {region!r}.")
         coords[rows] = np.column_stack([centroids.x.to_numpy()[pos], centroids.y.to_numpy()[pos]])
     return coords
-
-
-def _anndata_to_spatialdata(adata: AnnData, name: str, radius: float | None = None) -> SpatialData:
-    """Wrap one slice's AnnData (not modified) into a SpatialData with circles ``"{name}_shapes"``."""
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Identity
-
-    coords = get_spatial(adata, Key.SPATIAL)
-    if radius is None:
-        radius = _spot_radius(adata, coords)
-    region = f"{name}_{Key.SHAPES_SUFFIX}"
-    shapes = ShapesModel.parse(
-        coords[:, :2],
-        geometry=0,
-        radius=np.full(adata.n_obs, radius),
-        index=pd.RangeIndex(adata.n_obs),
-        transformations={name: Identity()},
-    )
-    obs = adata.obs.copy()
-    obs[Key.REGION] = pd.Categorical([region] * adata.n_obs)
-    obs[Key.INSTANCE] = np.arange(adata.n_obs)
-    table = AnnData(
-        X=adata.X,
-        obs=obs,
-        var=adata.var.copy(),
-        obsm=dict(adata.obsm),
-        layers=dict(adata.layers),
-        uns=_plain_uns(adata.uns),
-    )
-    table = TableModel.parse(table, region=region, region_key=Key.REGION, instance_key=Key.INSTANCE)
-    return SpatialData(shapes={region: shapes}, tables={Key.TABLE: table})
-
-
-def _spot_radius(adata: AnnData, coords: np.ndarray) -> float:
-    """Spot radius: Visium scale factors when present, else half the median nearest-neighbour distance."""
-    for library in adata.uns.get("spatial", {}).values():
-        diameter = library.get("scalefactors", {}).get("spot_diameter_fullres") if isinstance(library, dict) else None
-        if diameter:
-            return float(diameter) / 2
-    spacing = median_neighbour_distance(coords)
-    return 1.0 if spacing is None else spacing / 2
-
-
-def _plain_uns(uns: Mapping[str, Any]) -> dict[str, Any]:
-    from spatialdata.models import TableModel
-
-    return {k: v for k, v in uns.items() if k != TableModel.ATTRS_KEY}
 
 
 def _make_unique(index: pd.Index) -> pd.Index:

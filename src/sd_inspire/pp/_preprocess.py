@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 #: Non-integer input whose maximum exceeds this is taken to be normalised but not log-transformed.
 _LOG_SCALE_MAX = 50.0
+#: Columns of ``var`` that :func:`preprocess` writes besides ``Key.HIGHLY_VARIABLE`` and ``Key.MITO``.
+HV_RANK = "highly_variable_rank"  # also a varm key: each slice's ranks
+HV_NBATCHES = "highly_variable_nbatches"
+#: The gene space and settings that :func:`preprocess` writes (``var`` columns, ``uns`` keys), removed by
+#: :func:`sd_inspire.pp.reset_counts`; ``var["mt"]``, ``varm`` and the ``obs`` QC columns stay (each run rewrites them).
+PREPROCESS_VAR = (Key.HIGHLY_VARIABLE, HV_RANK, HV_NBATCHES)
+PREPROCESS_UNS = (Key.PREPROCESS,)
 
 
 @d.dedent
@@ -228,9 +235,9 @@ def preprocess(
         hv_rank = np.full(adata.n_vars, np.nan)
         hv_rank[order] = np.arange(order.size)
         adata.var[Key.HIGHLY_VARIABLE] = hv
-        adata.var["highly_variable_rank"] = hv_rank
-        adata.var["highly_variable_nbatches"] = flagged.sum(axis=1).to_numpy()
-        adata.varm["highly_variable_rank"] = ranks
+        adata.var[HV_RANK] = hv_rank
+        adata.var[HV_NBATCHES] = flagged.sum(axis=1).to_numpy()
+        adata.varm[HV_RANK] = ranks
 
         # --- counts layer and log-normalised X (out of core: computed chunk by chunk when read)
         if not has_layer and is_integer:

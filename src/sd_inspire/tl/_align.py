@@ -23,6 +23,9 @@ from sd_inspire._utils import (
     median_neighbour_distance,
     random_generator,
 )
+from sd_inspire._validate import check_integer
+from sd_inspire.io._write import write_table_into_store
+from sd_inspire.tl._registration_metrics import rotation_angle
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -36,6 +39,8 @@ _MIN_MATCHES = 10
 #: Minimal-sample hypotheses drawn by the robust estimator, and matched pairs each hypothesis is scored on.
 _N_TRIALS = 1000
 _N_SCORE = 2000
+#: Hypotheses scored at once (memory: this many x ``_N_SCORE`` mapped points).
+_HYPOTHESIS_BLOCK = 128
 #: Inliers lie within this many noise scales of their match (2D Gaussian noise: 98.9% of true matches).
 _INLIER_SCALES = 3.0
 #: Median of the length of 2D standard Gaussian noise (Rayleigh distribution): robust scale = median / this.
@@ -206,8 +211,8 @@ def align(
     """
     if model not in _MODELS:
         raise ValueError(f"`model` must be one of {list(_MODELS)}, got {model!r}.")
-    n_neighbors = _int_at_least(n_neighbors, 1, "n_neighbors")
-    refine = _int_at_least(refine, 0, "refine")
+    n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)
+    refine = check_integer(refine, "refine", minimum=0)
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
     slices = get_slices(adata, slice_key)
@@ -294,8 +299,7 @@ def align(
             updated = _set_transformations(data, adata, labels, transforms, coords, coordinate_system)
             if updated:
                 logger.info("Adding coordinate system %r to elements %s", coordinate_system, updated)
-            if data.path is not None:
-                _write_into_store(data, adata, table_key, updated)
+            write_table_into_store(data, adata, table_key, transformations=updated)
     return adata if copy else None
 
 
@@ -374,7 +378,7 @@ def _register_pair(
         n_inliers=n_inliers,
         residual=residual,
         refine_rounds=rounds,
-        rotation=float(np.rad2deg(_angle(t[:2, :2]))),
+        rotation=float(np.rad2deg(rotation_angle(t[:2, :2]))),
         scale=float(np.sqrt(abs(np.linalg.det(t[:2, :2])))),
     )
     return t, stats
@@ -424,10 +428,10 @@ def _robust_fit(
         return None
     ss, qs = s[score], q[score]
     medians = np.empty(hypotheses.shape[0])
-    for start in range(0, hypotheses.shape[0], 128):
-        h = hypotheses[start : start + 128]
+    for start in range(0, hypotheses.shape[0], _HYPOTHESIS_BLOCK):
+        h = hypotheses[start : start + _HYPOTHESIS_BLOCK]
         mapped = np.einsum("tij,nj->tni", h[:, :2, :2], ss) + h[:, None, :2, 2]
-        medians[start : start + 128] = np.median(((mapped - qs[None]) ** 2).sum(axis=2), axis=1)
+        medians[start : start + _HYPOTHESIS_BLOCK] = np.median(((mapped - qs[None]) ** 2).sum(axis=2), axis=1)
     best = hypotheses[int(np.argmin(medians))]
     fit = _reweighted_fit(s, q, model, best, first_scale=_lmeds_scale(float(medians.min()), n, 2))
     if fit is None:
@@ -555,20 +559,7 @@ def _rms(t: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
     return float(np.sqrt(((_apply(t, src) - dst) ** 2).sum(axis=1).mean())) if src.shape[0] else float("nan")
 
 
-def _angle(linear: np.ndarray) -> float:
-    """Angle (radians) of the rotation closest to ``linear``."""
-    u, _, vt = np.linalg.svd(linear)
-    r = u @ np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0]) @ vt
-    return float(np.arctan2(r[1, 0], r[0, 0]))
-
-
 # --- validation ---------------------------------------------------------------------------------------------------
-
-
-def _int_at_least(value: int, low: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return int(value)
 
 
 def _check_order(order: Sequence[str] | None, names: list[str]) -> list[str]:
@@ -716,13 +707,3 @@ def _compose(first: Any, then: Any) -> Any:
     from spatialdata.transformations import Sequence as TransformSequence
 
     return then if isinstance(first, Identity) else TransformSequence([first, then])
-
-
-def _write_into_store(sdata: SpatialData, adata: AnnData, table_key: str | None, elements: list[str]) -> None:
-    """Write the new transformations and the updated table into the SpatialData's zarr store."""
-    from sd_inspire._utils import table_name
-    from sd_inspire.io._store import write_elements
-
-    on_disk = {p.split("/", 1)[1] for p in sdata.elements_paths_on_disk()}
-    moved = [name for name in elements if name in on_disk]
-    write_elements(sdata, [table_name(sdata, adata, table_key)], transformations=moved)

@@ -10,14 +10,26 @@ from scipy import sparse
 
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import category_colors, get_representation, get_table, maybe_copy, random_generator
+from sd_inspire._utils import (
+    category_colors,
+    derive_seed,
+    get_representation,
+    get_table,
+    maybe_copy,
+    random_generator,
+)
+from sd_inspire._validate import check_integer
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
 _METHODS = ("gmm", "kmeans", "leiden")
+#: Initialisations of the Gaussian mixture (the best by likelihood bound is kept) and of k-means.
 _GMM_N_INIT = 10
+_KMEANS_N_INIT = 10
+#: EM iterations of each Gaussian mixture fit.
+_GMM_MAX_ITER = 500
 _LEIDEN_N_NEIGHBORS = 15
 _LEIDEN_MAX_STEPS = 40
 #: Pseudocount of the centred log-ratio of proportions (``log_ratio``).
@@ -83,13 +95,14 @@ def domains(
         whitened by the components' (size-weighted average) covariance, so that the merging follows the mixture's
         own distances. A domain can then be a union of several Gaussian components: this fits domains with a
         gradient inside them, as cortical layers have, and keeps the mixed spots on a boundary between two domains
-        from becoming a domain of their own (see Notes). ``None``: ``n_domains``, no merging. Not used by Leiden.
+        from becoming a domain of their own; for tissue organised in layers or gradients, try one to three above
+        ``n_domains`` (see Notes). ``None``: ``n_domains``, no merging. Not used by Leiden.
     log_ratio
         Cluster the centred log-ratios ``log(p + 1e-3) - mean(log(p + 1e-3))`` of each row instead of the values, the
         usual coordinates for proportions (a Gaussian mixture on proportions that sum to 1 has a singular covariance
         and crowds rare factors near 0). ``None``: when the rows are proportions (non-negative, summing to 1), as in
         ``obsm["inspire_factors"]``. Clustering the factors rather than the latent space leaves out what the latent
-        space keeps besides expression composition (on the DLPFC slices, sequencing depth): see Notes.
+        space keeps besides expression composition, such as sequencing depth.
     smooth
         Average the representation over the spatial neighbours this many times (``D^-1 (A + I)``, within slices)
         before clustering: spatial domains come out more contiguous. ``0`` clusters the representation as is.
@@ -102,8 +115,7 @@ def domains(
     %(random_state)s
         An integer seed is drawn from it and passed to scikit-learn or ``leidenalg``.
     show_progress_bar
-        Show a progress bar over the Gaussian mixture's ten fits (the slow part: about 7-40 s on four Visium
-        slices on a 2-core CPU, depending on its load).
+        Show a progress bar over the Gaussian mixture's ten fits (the slow part).
     %(copy)s
 
     Returns
@@ -121,31 +133,25 @@ def domains(
 
     Notes
     -----
-    On the four DLPFC slices (``benchmarks/dlpfc.py``), GMM domains of a latent space trained on log-normalised
-    input (``tl.integrate(features="lognorm")``, which keeps the sequencing depth) depended on the GMM's
-    ``random_state`` about as much as on the model's seed (mean per-slice ARI 0.40-0.60 for one trained model).
-    Domains of the default latent space (Pearson-residual input) and of ``use_rep="inspire_factors"`` (log-ratios)
-    moved by less than 0.01 between two GMM seeds for each of three and five model seeds. Comparing a few
-    ``random_state`` values remains a cheap check before interpreting domains.
+    Gaussian-mixture domains can depend on the mixture's ``random_state`` (much more so on a latent space that keeps
+    the sequencing depth, as one trained on log-normalised input does): comparing a few ``random_state`` values is a
+    cheap check before interpreting domains.
 
-    With ``n_components=n_domains``, a GMM on the DLPFC latent space cuts the cortex where the layers are not: the
-    mixed spots between layer 6 and the white matter become a domain of their own, layer 3 (thick, with a gradient
-    inside it) is split in two, and the thin layer 4 joins layer 3. Nine components merged into seven domains
-    (``n_components=9``, ``refine=3``) raised the mean per-slice ARI against the manual layers from 0.573 ± 0.003 to
-    0.621 ± 0.005 over five model seeds (PCA of neighbour-smoothed expression: 0.586 to 0.601 ± 0.016). On the
-    simulated slices of ``benchmarks/simulated.py``, whose domains are discrete, two extra components lowered the
-    ARI slightly (0.969 to 0.965, and 0.733 to 0.692 across four technologies), which is why merging is not the
-    default. For tissue organised in layers or gradients, try ``n_components`` one to three above ``n_domains``.
+    Merging (``n_components > n_domains``) suits domains with a gradient inside them and slightly lowers the
+    agreement with discrete domains, which is why it is not the default. What was measured: *Concepts* in the docs,
+    "Domains: how the defaults were chosen".
 
     Raises
     ------
     KeyError
-        If ``obsm[use_rep]`` is missing.
+        If ``obsm[use_rep]`` is missing, or ``smooth`` or ``refine`` is set without ``obsp[connectivity_key]``.
     ValueError
-        If ``n_domains`` is not between 1 and the number of spots, ``method`` is unknown, or the representation is
-        not a 2D array of finite values.
+        If ``n_domains`` is not between 1 and the number of spots, ``n_components`` not between ``n_domains`` and
+        the number of spots (or given with Leiden), ``smooth`` or ``refine`` is not an integer >= 0, ``method`` or
+        ``covariance_type`` is unknown, or the representation is not a 2D array of finite values.
     TypeError
-        If ``n_domains`` is not an integer or ``random_state`` is neither an integer, a Generator nor ``None``.
+        If ``n_domains`` is not an integer, ``n_components`` neither an integer nor ``None``, or ``random_state``
+        neither an integer, a Generator nor ``None``.
     ImportError
         For ``method="leiden"`` without ``igraph`` and ``leidenalg`` installed.
 
@@ -161,8 +167,7 @@ def domains(
     """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
-    if isinstance(n_domains, bool) or not isinstance(n_domains, int | np.integer):
-        raise TypeError(f"`n_domains` must be an integer, got {n_domains!r}.")
+    n_domains = check_integer(n_domains, "n_domains", type_error=True)
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
     x = get_representation(adata, use_rep)
@@ -176,38 +181,37 @@ def domains(
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
     for name, value in (("smooth", smooth), ("refine", refine)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-            raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
-        if value and connectivity_key not in adata.obsp:
+        if check_integer(value, name, minimum=0) and connectivity_key not in adata.obsp:
             raise KeyError(
                 f"`{name}={value}` needs the graph `adata.obsp[{connectivity_key!r}]`; run "
                 "`sd_inspire.gr.spatial_neighbors`."
             )
-    if not 1 <= n_domains <= adata.n_obs:
-        raise ValueError(f"`n_domains` must be between 1 and the number of spots ({adata.n_obs}), got {n_domains}.")
+    check_integer(n_domains, "n_domains", minimum=1, maximum=adata.n_obs, maximum_label="the number of spots")
+    if n_components is not None and method == "leiden":
+        raise ValueError("`n_components` is for `method='gmm'` or `'kmeans'`; Leiden does not merge clusters.")
+    n_components = check_integer(
+        n_components,
+        "n_components",
+        minimum=n_domains,
+        maximum=adata.n_obs,
+        minimum_label="`n_domains`",
+        maximum_label="the number of spots",
+        optional=True,
+        type_error=True,
+    )
     if n_components is None:
         n_components = n_domains
-    elif method == "leiden":
-        raise ValueError("`n_components` is for `method='gmm'` or `'kmeans'`; Leiden does not merge clusters.")
-    elif isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):
-        raise TypeError(f"`n_components` must be an integer or None, got {n_components!r}.")
-    elif not n_domains <= n_components <= adata.n_obs:
-        raise ValueError(
-            f"`n_components` must be between `n_domains` ({n_domains}) and the number of spots ({adata.n_obs}), "
-            f"got {n_components}."
-        )
     if log_ratio:
         x = np.log(x + _CLR_PSEUDOCOUNT)
         x -= x.mean(axis=1, keepdims=True)
     if smooth:
-        from sd_inspire._chunks import matmul_rows
-        from sd_inspire.gr._propagate import normalized_adjacency
+        from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, matmul_rows
+        from sd_inspire._graph import normalized_adjacency
 
         a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
         for _ in range(smooth):
-            x = matmul_rows(a_mean, x, 20_000).astype(np.float64)
-    n_domains, n_components = int(n_domains), int(n_components)
-    seed = int(rng.integers(2**31 - 1))
+            x = matmul_rows(a_mean, x, DEFAULT_CHUNK_SIZE).astype(np.float64)
+    seed = derive_seed(rng)
 
     extra: dict[str, float] = {}
     merged = f" ({n_components} clusters merged)" if n_components > n_domains else ""
@@ -297,7 +301,11 @@ def _gmm(
     gmm = None
     for _ in tqdm(range(_GMM_N_INIT), desc="Gaussian mixture", unit="fit", disable=not show_progress_bar, leave=False):
         fit = GaussianMixture(
-            n_components=n_components, covariance_type=covariance_type, n_init=1, max_iter=500, random_state=state
+            n_components=n_components,
+            covariance_type=covariance_type,
+            n_init=1,
+            max_iter=_GMM_MAX_ITER,
+            random_state=state,
         )
         with warnings.catch_warnings():  # said once below, for the fit kept
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -305,7 +313,9 @@ def _gmm(
         if gmm is None or fit.lower_bound_ > gmm.lower_bound_:
             gmm = fit
     if not gmm.converged_:
-        logger.warning("The Gaussian mixture did not converge in 500 iterations; its domains may change with more.")
+        logger.warning(
+            "The Gaussian mixture did not converge in %d iterations; its domains may change with more.", _GMM_MAX_ITER
+        )
     labels = gmm.predict(x)
     if n_components == n_domains:
         return labels
@@ -355,7 +365,7 @@ def _kmeans(x: np.ndarray, n_components: int, n_domains: int, seed: int) -> np.n
     """k-means labels; more clusters than domains are merged (:func:`_merge_ward`)."""
     from sklearn.cluster import KMeans
 
-    labels = KMeans(n_clusters=n_components, n_init=10, random_state=seed).fit_predict(x)
+    labels = KMeans(n_clusters=n_components, n_init=_KMEANS_N_INIT, random_state=seed).fit_predict(x)
     return _merge_ward(x, labels, n_domains) if n_components > n_domains else labels
 
 

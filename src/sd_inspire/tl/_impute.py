@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from sd_inspire._chunks import is_lazy, read_rows
+from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, is_lazy, read_rows
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
+from sd_inspire._graph import normalized_adjacency
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import (
     get_representation,
@@ -22,8 +23,10 @@ from sd_inspire._utils import (
     measured_mask,
     table_name,
 )
-from sd_inspire.gr._propagate import normalized_adjacency
-from sd_inspire.io._store import check_rows_on_disk, write_elements
+from sd_inspire._validate import check_integer
+from sd_inspire.io._store import check_rows_on_disk
+from sd_inspire.io._write import write_table_into_store
+from sd_inspire.model import expected_shares, slice_programs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,7 +51,7 @@ def impute(
     smooth: int = 2,
     connectivity_key: str = "spatial_connectivities",
     key: str = "inspire",
-    chunk_size: int = 20_000,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     key_added: str = "inspire_imputed",
     show_progress_bar: bool = True,
     copy: bool = False,
@@ -141,9 +144,9 @@ def impute(
         raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
     if observed not in ("keep", "predict"):
         raise ValueError(f"`observed` must be 'keep' or 'predict', got {observed!r}.")
-    for name, value, low in (("n_neighbors", n_neighbors, 1), ("smooth", smooth, 0), ("chunk_size", chunk_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)
+    smooth = check_integer(smooth, "smooth", minimum=0)
+    chunk_size = check_integer(chunk_size, "chunk_size", minimum=1)
     adata = maybe_copy(get_table(data, table_key), copy)
     if not copy and is_spatialdata(data) and data.path is not None:
         check_rows_on_disk(data, table_name(data, adata, table_key))  # before the work, not after it
@@ -200,8 +203,8 @@ def impute(
         log_added("layers", key_added)
         log_added("var", key_added)
         log_added("uns", key_added)
-    if not copy and is_spatialdata(data) and data.path is not None:
-        write_elements(data, [table_name(data, adata, table_key)])
+    if not copy and is_spatialdata(data):
+        write_table_into_store(data, adata, table_key)
     return adata if copy else None
 
 
@@ -267,7 +270,7 @@ def _neighbors(adata: AnnData, use_rep: str, n_neighbors: int, smooth: int, conn
         if graph is not None:
             key = rows.tobytes()
             if key not in within:
-                within[key] = normalized_adjacency(graph[rows][:, rows], normalization="random_walk")
+                within[key] = normalized_adjacency(graph[rows][:, rows], normalization="mean")
             a = within[key]
             for _ in range(smooth):
                 values = a @ values
@@ -325,7 +328,8 @@ def _model(adata: AnnData, key: str, columns: np.ndarray, slices: pd.Series, mea
     codes = slices.cat.codes.to_numpy()
     beta = np.asarray(adata.obsm[factors_key], dtype=np.float64)
     loadings = np.asarray(adata.varm[loadings_key], dtype=np.float64)[model_cols].T  # factors x model genes
-    effects = np.asarray(meta["slice_gene_effects"], dtype=np.float64) * measured[model_cols].T  # slices x genes
+    effects = np.asarray(meta["slice_gene_effects"], dtype=np.float64)  # slices x model genes
+    weighted = slice_programs(loadings, effects, measured[model_cols].T)  # slices x factors x model genes
     target = adata.uns.get(Key.PREPROCESS, {}).get("target_sum") or 1e4
     # each slice's mean fraction of its counts on the model's genes puts q on the scale of its log-normalised X
     fraction = _fraction_in_genes(adata, codes, len(names), model_cols, chunk_size)
@@ -335,9 +339,7 @@ def _model(adata: AnnData, key: str, columns: np.ndarray, slices: pd.Series, mea
         g = pos[js]
         out = np.zeros((rows.size, js.size))
         for r in donor_slices:
-            norm = beta[rows] @ (loadings * effects[r]).sum(axis=1)
-            q = (beta[rows] @ (loadings[:, g] * effects[r, g])) / np.maximum(norm, 1e-12)[:, None]
-            out += np.log1p(target * fraction[r] * q)
+            out += np.log1p(target * fraction[r] * expected_shares(beta[rows], weighted[r], g))
         return (out / donor_slices.size).astype(np.float32)
 
     return predict

@@ -12,8 +12,10 @@ import pandas as pd
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
-from sd_inspire._utils import factor_label, get_slices, get_table, is_spatialdata, table_name, values_are_counts
-from sd_inspire.io._store import check_rows_on_disk, write_elements
+from sd_inspire._utils import SEED_BOUND, get_slices, get_table, is_spatialdata, table_name, values_are_counts
+from sd_inspire._validate import check_integer
+from sd_inspire.io._store import check_rows_on_disk
+from sd_inspire.io._write import add_factor_table
 from sd_inspire.tl._ensemble import Member, combine
 from sd_inspire.tl.metrics import redundant_factors
 
@@ -76,14 +78,12 @@ def integrate(
         ``"lgcn"`` (precomputed sparse neighbour propagation) or ``"gat"`` (graph attention on sampled subgraphs).
     n_hops
         Propagation hops of the ``"lgcn"`` features (3; INSPIRE used 2), see :class:`sd_inspire.model.InspireModel`.
-        Fewer hops keep small domains (islands a few spots across), more hops smooth broad layered domains; neither
-        2 nor 4 was better than 3 on every set of ``benchmarks/suite.py`` (``benchmarks/results/ablations.md``).
+        Fewer hops keep small domains (islands a few spots across), more hops smooth broad layered domains.
     features
         Input of the encoder's linear reduction: ``"pearson"`` (analytic Pearson residuals of the counts, which carry
         little of the sequencing depth) or ``"lognorm"`` (the log-normalised ``X``), see
-        :class:`sd_inspire.model.InspireModel`. ``"lognorm"`` scored higher on a targeted in situ panel
-        (BaristaSeq, 79 genes) and lower where sequencing depth varies between spots (DLPFC: the latent space then
-        follows the depth); try it for small imaging panels, and compare with the default.
+        :class:`sd_inspire.model.InspireModel`. ``"lognorm"`` may suit small imaging panels and does worse where
+        sequencing depth varies between spots (the latent space then follows the depth): compare with the default.
     max_steps
         Training steps; by default from the size of the largest slice (600 to 3000). The count model's final fit
         on the trained latent space runs as many (:meth:`sd_inspire.model.InspireModel.train`).
@@ -106,9 +106,8 @@ def integrate(
         Estimate the per-spot standard deviation of the factor proportions: a Laplace approximation of each spot's
         count likelihood around its factors (gene programs fixed), scaled by each slice's overdispersion (Pearson,
         quasi-likelihood), plus the variance over ensemble members when ``n_models >= 2`` (law of total variance).
-        One more pass over the counts per member. ``None``: when ``n_models >= 2``. On simulated truth
-        (``benchmarks/uncertainty.py``) mean ± 1.96 sd covers 84-85%% of true proportions with one model and 90-91%%
-        with ``n_models=5`` (nominal 95%%): prefer an ensemble when the intervals matter.
+        One more pass over the counts per member. ``None``: when ``n_models >= 2``. A single model's intervals are
+        too narrow (coverage in *Concepts* in the docs): prefer an ensemble when the intervals matter.
     device
         ``"auto"`` uses a GPU when present. Launched with ``torchrun --nproc_per_node N script.py``, the same call
         trains data-parallel over the N processes (gloo on CPU, nccl on GPU): each rank draws its share of every
@@ -191,8 +190,7 @@ def integrate(
     _check_writable(data, table, key_added, table_key)  # before the work: a result that cannot be written is lost
     adata = table.copy() if copy else table
     slices = get_slices(adata, slice_key)
-    if isinstance(n_models, bool) or not isinstance(n_models, int | np.integer) or n_models < 1:
-        raise ValueError(f"`n_models` must be a positive integer, got {n_models!r}.")
+    n_models = check_integer(n_models, "n_models", minimum=1)
     _check_model_dir(model_dir, n_models)
     if uncertainty is None:
         uncertainty = n_models > 1
@@ -251,7 +249,7 @@ def integrate(
             adata.uns[key_added]["model_dir"] = str(Path(model_dir).resolve())
         if not copy and is_spatialdata(data):
             # under torchrun every rank holds the same results; only rank 0 writes into a backing store
-            _add_factor_table(data, adata, key_added, table_key, write=first.world.is_main)
+            add_factor_table(data, adata, key_added, table_key, write=first.world.is_main)
     return adata if copy else None
 
 
@@ -259,7 +257,7 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
     """Write a trained model's (or an ensemble's) latent space, factors, loadings and metadata into ``adata``."""
     if ensemble is None:
         ensemble = combine([_outputs(model)])
-    genes = pd.Index(model.data.genes)
+    genes = pd.Index(model.genes)
     in_model = adata.var_names.isin(genes)
     loadings = np.zeros((adata.n_vars, ensemble.factors.shape[1]), dtype=np.float32)
     loadings[adata.var_names.get_indexer(genes)] = ensemble.loadings
@@ -267,12 +265,12 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
     adata.obsm[f"{key_added}_factors"] = ensemble.factors
     adata.varm[f"{key_added}_loadings"] = loadings
     adata.var[f"{key_added}_gene"] = in_model
-    meta, check = model._metadata(), model.convergence
+    meta, check = model.metadata, model.convergence
     adata.uns[key_added] = {
         "params": _plain(model.params),
         "train_params": _plain(model.train_params),
-        "genes": np.asarray(model.data.genes, dtype=object),
-        "slices": np.asarray(model.data.slice_names, dtype=object),
+        "genes": np.asarray(model.genes, dtype=object),
+        "slices": np.asarray(model.slice_names, dtype=object),
         "slice_gene_effects": ensemble.slice_effects,
         "history": {k: np.asarray(v, dtype=np.float32) for k, v in model.history.items()},
         "versions": meta["versions"],
@@ -282,7 +280,7 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
         # the loss's relative change over the last tenth of the steps, and whether it levelled off (< 1% fall)
         "converged": bool(check["converged"]),
         "loss_change": check["loss_change"],
-        "values": "counts" if model.data.values_are_counts else "normalised",
+        "values": "counts" if model.values_are_counts else "normalised",
         # a query mapped onto a reference carries the reference's identity: results in the same space share it
         "reference_id": model.mapped_onto["reference_id"] if model.mapped_onto else model.reference_id,
     }
@@ -301,7 +299,8 @@ def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble
     adata.obsm.pop(f"{key_added}_factors_sd", None)
     adata.obsm.pop(f"X_{key_added}_sd", None)
     adata.obs.drop(columns=f"{key_added}_uncertainty", errors="ignore", inplace=True)
-    codes, names = model.data.slices, model.data.slice_names
+    names = model.slice_names
+    codes = get_slices(adata, model.params["slice_key"]).cat.codes.to_numpy()
     summary: dict[str, Any] = {"slices": np.asarray(names, dtype=object)}
     if ensemble.factors_sd is not None:
         adata.obsm[f"{key_added}_factors_sd"] = ensemble.factors_sd
@@ -327,13 +326,8 @@ def _outputs(model: Any, *, uncertainty: bool = False) -> Member:
     """A trained model's outputs; with ``uncertainty``, the posterior variance of its factors too."""
     member = Member(model.get_latent(), model.get_factors(), model.get_loadings(), model.get_slice_effects())
     if uncertainty:
-        from sd_inspire.model._posterior import factor_sd
-
         with timed("Estimating the uncertainty of the factors"):
-            data = model.data
-            sd, member.dispersion = factor_sd(
-                member.factors, member.loadings.T, member.slice_effects, data.mask, data.counts, data.slices
-            )
+            sd, member.dispersion = model.get_factor_sd(factors=member.factors)
         member.factors_var = sd.astype(np.float64) ** 2
     return member
 
@@ -368,7 +362,7 @@ def _member_seeds(random_state: int | None, n_models: int) -> list[int | None]:
     if random_state is None:
         return [None] * n_models
     extra = np.random.SeedSequence(int(random_state)).spawn(n_models - 1)
-    return [random_state, *(int(c.generate_state(1)[0] % (2**31 - 1)) for c in extra)]
+    return [random_state, *(int(c.generate_state(1)[0] % SEED_BOUND) for c in extra)]
 
 
 def _check_writable(data: AnnData | SpatialData, table: AnnData, key_added: Any, table_key: str | None) -> None:
@@ -414,33 +408,3 @@ def _check_qc_keeps_rows(sdata: SpatialData, adata: AnnData, slice_key: str | No
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters with None replaced by the string 'None' (zarr/h5ad cannot store None in uns)."""
     return {k: (_plain(v) if isinstance(v, dict) else ("None" if v is None else v)) for k, v in params.items()}
-
-
-def _add_factor_table(
-    sdata: SpatialData, adata: AnnData, key_added: str, table_key: str | None, *, write: bool = True
-) -> None:
-    """Add table ``"{key_added}_factors"`` annotating the same shapes; write it (and the table) into a backing store."""
-    from anndata import AnnData
-    from spatialdata.models import TableModel
-
-    attrs = adata.uns.get(TableModel.ATTRS_KEY)
-    factors = adata.obsm[f"{key_added}_factors"]
-    name = f"{key_added}_factors"
-    obs_cols = [c for c in ((attrs or {}).get("region_key"), (attrs or {}).get("instance_key")) if c]
-    obs = adata.obs[[c for c in [*obs_cols, Key.SLICE] if c in adata.obs]].copy()
-    table = AnnData(
-        X=factors.copy(), obs=obs, var=pd.DataFrame(index=[factor_label(k) for k in range(factors.shape[1])])
-    )
-    if attrs is not None:
-        table = TableModel.parse(
-            table, region=attrs["region"], region_key=attrs["region_key"], instance_key=attrs["instance_key"]
-        )
-    else:
-        table = TableModel.parse(table)
-    if name in sdata.tables:
-        del sdata.tables[name]
-    sdata.tables[name] = table
-    log_added("tables", name)
-    if sdata.path is not None and write:
-        main = table_name(sdata, adata, table_key)
-        write_elements(sdata, [name, main])

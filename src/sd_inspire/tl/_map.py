@@ -9,8 +9,8 @@ from sd_inspire._docs import d
 from sd_inspire._logging import logger, timed
 from sd_inspire._utils import get_slices, get_table, is_spatialdata, table_name, values_are_counts
 from sd_inspire.io._store import check_rows_on_disk
+from sd_inspire.io._write import add_factor_table
 from sd_inspire.tl._integrate import (
-    _add_factor_table,
     _check_qc_keeps_rows,
     _check_writable,
     _outputs,
@@ -145,5 +145,5 @@ def map_query(
         query.train(max_steps=max_steps, batch_size=batch_size, show_progress_bar=show_progress_bar)
         write_results(adata, query, key_added, combine([_outputs(query, uncertainty=uncertainty)]))
         if not copy and is_spatialdata(data):
-            _add_factor_table(data, adata, key_added, table_key)
+            add_factor_table(data, adata, key_added, table_key)
     return adata if copy else None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from sd_inspire._chunks import DEFAULT_CHUNK_SIZE
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger
 from sd_inspire._utils import get_representation, get_table, maybe_copy
@@ -35,7 +36,7 @@ def transfer_labels(
     results_key: str = "inspire",
     table_key: str | None = None,
     reference_table_key: str | None = None,
-    chunk_size: int = 20_000,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     copy: bool = False,
 ) -> AnnData | None:
     """Transfer a reference's annotation (domains, cell types) to a query through the shared latent space.

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from sd_inspire._validate import check_integer
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-from sd_inspire.tl._registration import (
+from sd_inspire.tl._registration_metrics import (
     RegistrationError,
     neighbour_agreement,
     neighbour_correlation,
@@ -232,8 +234,7 @@ def batch_mixing(
     >>> batch_mixing(latent + (batches == "b")[:, None] * 100, batches)
     0.0
     """
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
-        raise ValueError(f"`n_neighbors` must be a positive integer, got {n_neighbors!r}.")
+    n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)
     x = _finite_2d(latent, "latent")
     batch = _as_1d(batches, "batches")
     _check_lengths(latent=x, batches=batch)
@@ -311,8 +312,7 @@ def factor_diversity(loadings: ArrayLike, n_top: int = 20) -> float:
     n_genes, n_factors = w.shape
     if n_factors == 0:
         raise ValueError(f"`loadings` has no factors (shape {w.shape}); expected n_genes x n_factors.")
-    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or not 1 <= n_top <= n_genes:
-        raise ValueError(f"`n_top` must be an integer between 1 and the number of genes ({n_genes}), got {n_top!r}.")
+    n_top = check_integer(n_top, "n_top", minimum=1, maximum=n_genes, maximum_label="the number of genes")
     top = np.argsort(-w, axis=0, kind="stable")[:n_top]
     return float(np.unique(top).size / top.size)
 
@@ -459,8 +459,7 @@ def factor_coherence(loadings: ArrayLike, counts: ArrayLike, *, n_top: int = 10)
 
     w = _finite_2d(loadings, "loadings")
     n_genes, n_factors = w.shape
-    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or not 2 <= n_top <= n_genes:
-        raise ValueError(f"`n_top` must be an integer between 2 and the number of genes ({n_genes}), got {n_top!r}.")
+    n_top = check_integer(n_top, "n_top", minimum=2, maximum=n_genes, maximum_label="the number of genes")
     if counts is None or len(getattr(counts, "shape", ())) != 2:
         raise ValueError("`counts` must be a 2D array (spots x genes).")
     if counts.shape[1] != n_genes:

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from sd_inspire._validate import check_integer
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
@@ -79,7 +81,7 @@ def registration_error(
     c = np.zeros(2) if center is None else np.asarray(center, dtype=np.float64).ravel()
     if c.shape != (2,) or not np.isfinite(c).all():
         raise ValueError(f"`center` must be a finite point (x, y), got {center!r}.")
-    diff = np.rad2deg(_rotation_angle(a[:2, :2]) - _rotation_angle(b[:2, :2]))
+    diff = np.rad2deg(rotation_angle(a[:2, :2]) - rotation_angle(b[:2, :2]))
     rotation = abs((diff + 180.0) % 360.0 - 180.0)
     point = np.append(c, 1.0)
     translation = float(np.linalg.norm((a @ point)[:2] - (b @ point)[:2]))
@@ -186,7 +188,7 @@ def neighbour_correlation(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    k = _positive_int(n_neighbors, "n_neighbors")
+    k = check_integer(n_neighbors, "n_neighbors", minimum=1)
     xa, xb = _features(features, "features"), _features(features_other, "features_other")
     ca, cb = _coordinates(coords, "coords"), _coordinates(coords_other, "coords_other")
     _check_rows(xa, ca, "features", "coords")
@@ -268,7 +270,7 @@ def neighbour_agreement(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    k = _positive_int(n_neighbors, "n_neighbors")
+    k = check_integer(n_neighbors, "n_neighbors", minimum=1)
     la, lb = _labels(labels), _labels(labels_other)
     ca, cb = _coordinates(coords, "coords"), _coordinates(coords_other, "coords_other")
     _check_rows(la[:, None], ca, "labels", "coords")
@@ -297,18 +299,12 @@ def _homogeneous(matrix: ArrayLike, name: str) -> np.ndarray:
     return m
 
 
-def _rotation_angle(linear: np.ndarray) -> float:
+def rotation_angle(linear: np.ndarray) -> float:
     """Angle (radians) of the rotation closest to ``linear`` (orthogonal polar factor; a reflection is removed)."""
     u, _, vt = np.linalg.svd(linear)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     r = u @ np.diag([1.0, d]) @ vt
     return float(np.arctan2(r[1, 0], r[0, 0]))
-
-
-def _positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def _features(values: ArrayLike, name: str) -> np.ndarray | sparse.csr_matrix:

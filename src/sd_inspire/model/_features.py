@@ -1,0 +1,353 @@
+"""The numerics of the model's inputs: count statistics, the reduction ``Y`` and its propagation, row-block PCA.
+
+Plain numpy and SciPy on matrices (dense, SciPy sparse or dask arrays read in row blocks); nothing here reads an
+AnnData (that is :mod:`sd_inspire.model._setup`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import linalg, sparse
+
+from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, is_lazy, map_row_blocks, matmul_rows, row_blocks
+from sd_inspire._graph import normalized_adjacency
+
+#: Rows densified at once to accumulate the Gram matrix of the large-data PCA.
+_GRAM_CHUNK = 4096
+
+#: Largest matrix (spots x genes) whose log-normalised PCA runs dense (randomised SVD); beyond it, row blocks.
+DENSE_PCA_MAX_ENTRIES = 50_000_000
+
+
+def gene_fractions(gene_totals: np.ndarray, library: np.ndarray, codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each gene's counts over the library sizes of the slices that measured it, normalised to sum to 1."""
+    slice_library = np.bincount(codes, weights=library, minlength=mask.shape[0])
+    exposure = mask.T.astype(np.float64) @ slice_library
+    fraction = np.divide(gene_totals, exposure, out=np.zeros_like(gene_totals), where=exposure > 0)
+    return fraction / max(fraction.sum(), 1e-300)
+
+
+def slice_log_ratios(gene_totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per slice and measured gene, log of the slice's share of counts on the gene over all slices' share.
+
+    Shares are taken over the genes both measured (half a count added to each), and each slice's ratios are centred
+    over its measured genes; 0 for genes a slice did not measure.
+    """
+    out = np.zeros(gene_totals.shape)
+    for s in range(gene_totals.shape[0]):
+        m = mask[s]
+        if m.sum() < 2:
+            continue
+        own = gene_totals[s, m] + 0.5
+        pooled = gene_totals[:, m].sum(axis=0) + 0.5
+        ratio = np.log(own / own.sum()) - np.log(pooled / pooled.sum())
+        out[s, m] = ratio - ratio.mean()
+    return out
+
+
+def lognorm_pca(
+    x: Any, codes: np.ndarray, n_slices: int, n_comp: int, seed: int, chunk_size: int
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Principal components of log-normalised ``x`` (spots x genes) centred within slices, the first's variance, axes.
+
+    The axes (genes x components) map the slice-centred expression to the components.
+    """
+    from sklearn.decomposition import PCA
+
+    if not is_lazy(x):
+        x = sparse.csr_matrix(x, dtype=np.float32)
+    if x.shape[0] * x.shape[1] <= DENSE_PCA_MAX_ENTRIES and not is_lazy(x):
+        means = np.vstack([np.asarray(x[codes == k].mean(axis=0)).ravel() for k in range(n_slices)])
+        pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
+        y = pca.fit_transform(x.toarray() - means[codes]).astype(np.float32)
+        return y, float(pca.explained_variance_[0]), pca.components_.T.astype(np.float32)
+    # large: exact PCA of the globally centred sparse matrix, then the per-slice centring on the projections
+    y, first_variance, axes = sparse_pca(x, n_comp, chunk_size)
+    centre_per_slice(y, codes, n_slices)
+    return y, first_variance, axes
+
+
+#: Overdispersion of the analytic Pearson residuals (Lause, Berens & Kobak 2021).
+PEARSON_THETA = 100.0
+
+
+def pearson_pca(
+    counts: Any,
+    gene_totals: np.ndarray,
+    codes: np.ndarray,
+    columns: np.ndarray,
+    n_comp: int,
+    chunk_size: int,
+    theta: float = PEARSON_THETA,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Principal components of the analytic Pearson residuals of ``counts[:, columns]``, standardised within slices.
+
+    For spot ``i`` of slice ``s`` and gene ``g``, ``μ_ig = n_i p_sg`` with ``n_i`` the spot's counts over the
+    ``columns`` and ``p_sg`` the slice's share of counts on ``g`` (from ``gene_totals``, slices x genes);
+    ``r_ig = (x_ig - μ_ig) / sqrt(μ_ig + μ_ig² / θ)``, clipped to ``±sqrt(n_s)`` (``n_s`` spots in the slice); 0
+    where the slice has no counts on the gene. Unlike log-normalised values, the residuals carry little of the
+    sequencing depth. A gene's residuals scale with ``sqrt(μ)``, so a slice-specific gene effect (or depth) would
+    change their size from slice to slice: each gene is centred and scaled to unit variance within each slice (a
+    gene constant in a slice is 0 there). The axes are the exact top eigenvectors of the pooled within-slice
+    covariance, accumulated over dense row chunks (three passes: moments, covariance, projections; memory ``p²``
+    plus one chunk), so the result depends neither on the chunking nor on a random start. Returns the projections,
+    the variance of the first axis and the axes (genes x components).
+    """
+    n_slices = gene_totals.shape[0]
+    args, step = residual_standardisation(counts, gene_totals, codes, columns, chunk_size, theta)
+    p = columns.size
+    gram = np.zeros((p, p))
+    for _, _, block_gram in map_row_blocks(counts, _block_residual_gram, rows=(codes,), args=args, chunk_size=step):
+        gram += block_gram
+    cov = gram / max(codes.size - n_slices, 1)
+    values, vectors = _top_axes(cov, n_comp)
+    y = residual_projection(counts, codes, args, vectors, step)
+    return y, float(values[0]), vectors.astype(np.float32)
+
+
+def residual_standardisation(
+    counts: Any, gene_totals: np.ndarray, codes: np.ndarray, columns: np.ndarray, chunk_size: int, theta: float
+) -> tuple[tuple, int]:
+    """What standardises the Pearson residuals of ``counts[:, columns]`` within each slice (one pass: moments).
+
+    Returns the ``args`` of :func:`_standardised_residuals` (the residuals' own, then each slice's means and
+    inverse standard deviations per gene) and the rows per block (residuals are dense: a few copies of ``step x p``
+    float64 at a time). See :func:`pearson_pca`.
+    """
+    n_slices = gene_totals.shape[0]
+    totals = gene_totals[:, columns]
+    share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
+    sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
+    args = (columns, share, np.sqrt(sizes), theta)
+    step = min(chunk_size, _GRAM_CHUNK)
+    sums, squares = np.zeros((n_slices, columns.size)), np.zeros((n_slices, columns.size))
+    for _, _, (block_sums, block_squares) in map_row_blocks(
+        counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
+    ):
+        sums += block_sums
+        squares += block_squares
+    means = sums / np.maximum(sizes, 1)[:, None]
+    sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
+    inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
+    return (*args, means, inv_sd), step
+
+
+def residual_projection(counts: Any, codes: np.ndarray, args: tuple, axes: np.ndarray, step: int) -> np.ndarray:
+    """The standardised residuals (``args`` of :func:`residual_standardisation`) projected on ``axes``."""
+    y = np.empty((codes.size, axes.shape[1]), dtype=np.float32)
+    for start, stop, block_y in map_row_blocks(
+        counts, _block_residual_projection, rows=(codes,), args=(*args, axes), chunk_size=step
+    ):
+        y[start:stop] = block_y
+    return y
+
+
+def propagate_features(y: np.ndarray, graph: sparse.csr_matrix, n_hops: int, chunk_size: int) -> np.ndarray:
+    """The encoder's input ``[Y, ÂY, ..., Â^k Y]`` (float32, contiguous) over the normalised ``graph``."""
+    a_hat = normalized_adjacency(graph)
+    blocks, cur = [y], y
+    for _ in range(n_hops):
+        cur = matmul_rows(a_hat, cur, chunk_size)
+        blocks.append(cur)
+    return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+
+
+def placed_columns(x: Any, where: np.ndarray, chunk_size: int) -> sparse.csr_matrix:
+    """CSR ``n x len(where)``: column ``j`` holds ``x[:, where[j]]``, or zeros where ``where[j] < 0`` (read in blocks)."""
+    present = where >= 0
+    place = sparse.csr_matrix(
+        (np.ones(int(present.sum()), dtype=np.float32), (where[present], np.flatnonzero(present))),
+        shape=(x.shape[1], where.size),
+    )
+    blocks = [sparse.csr_matrix(block, dtype=np.float32) @ place for _, _, block in row_blocks(x, chunk_size)]
+    return sparse.csr_matrix(sparse.vstack(blocks), dtype=np.float32)
+
+
+def _residuals(
+    block: sparse.csr_matrix, codes: np.ndarray, columns: np.ndarray, share: np.ndarray, clip: np.ndarray, theta: float
+) -> np.ndarray:
+    """Dense, clipped Pearson residuals of one row block (see :func:`pearson_pca`)."""
+    x = block[:, columns].toarray().astype(np.float64)
+    mu = x.sum(axis=1, keepdims=True) * share[codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (x - mu) / np.sqrt(mu + mu * mu / theta)
+    r[mu <= 0] = 0.0
+    bound = clip[codes][:, None]
+    return np.clip(r, -bound, bound)
+
+
+def _block_residual_moments(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice sums of the residuals of one row block and of their squares (``args`` of :func:`_residuals`)."""
+    r = _residuals(block, codes, *args)
+    onehot = slice_indicator(codes, args[1].shape[0])
+    return np.asarray(onehot @ r), np.asarray(onehot @ (r * r))
+
+
+def _standardised_residuals(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """Residuals of one row block standardised per slice: ``args`` of :func:`_residuals`, the means, 1 / sd."""
+    *args, means, inv_sd = args
+    return (_residuals(block, codes, *args) - means[codes]) * inv_sd[codes]
+
+
+def _block_residual_gram(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """``rᵀr`` of the standardised residuals of one row block."""
+    r = _standardised_residuals(block, codes, *args)
+    return r.T @ r
+
+
+def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
+    """Standardised residuals of one row block projected on the axes (the last of ``args``)."""
+    *args, vectors = args
+    return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
+
+
+def _slice_deviations(features: np.ndarray, codes: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per slice, and per slice and column the sum of squared deviations from the slice's mean (float64)."""
+    indicator = slice_indicator(codes, n_slices)
+    sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
+    x = np.asarray(features, dtype=np.float64)
+    means = (indicator @ x) / np.maximum(sizes, 1)[:, None]
+    return sizes, np.clip(indicator @ (x * x) - sizes[:, None] * means**2, 0.0, None)
+
+
+def within_slice_sd(features: np.ndarray, codes: np.ndarray, n_slices: int) -> np.ndarray:
+    """Standard deviation of each column of ``features`` around its slice's mean, pooled over the slices."""
+    _, deviations = _slice_deviations(features, codes, n_slices)
+    return np.sqrt(deviations.sum(axis=0) / max(codes.size - n_slices, 1))
+
+
+def match_input_scale(features: np.ndarray, codes: np.ndarray, n_slices: int, target_sd: np.ndarray) -> np.ndarray:
+    """Per-slice factors that give each column of ``features`` (in place) the spread ``target_sd`` within each slice.
+
+    The encoder's input of a new slice is rescaled, column by column, to the spread the reference's input had
+    (adaptive normalisation of a frozen network's input, as AdaBN does for its normalisation layers): a technology
+    with more noise per spot, or a panel that keeps less of the signal, otherwise feeds the frozen encoder inputs
+    of another scale than those it was trained on. Columns without spread in a slice are left alone. Returns the
+    factors (slices x columns).
+    """
+    sizes, deviations = _slice_deviations(features, codes, n_slices)
+    sd = np.sqrt(deviations / np.maximum(sizes - 1, 1)[:, None])
+    factors = np.divide(target_sd, sd, out=np.ones_like(sd), where=sd > 1e-8)
+    features *= factors.astype(features.dtype)[codes]
+    return factors
+
+
+def centre_per_slice(y: np.ndarray, codes: np.ndarray, n_slices: int) -> None:
+    """Subtract from each row of ``y`` (in place) the mean of its slice's rows."""
+    y -= np.vstack([y[codes == k].mean(axis=0) for k in range(n_slices)])[codes]
+
+
+def slice_indicator(codes: np.ndarray, n_slices: int) -> sparse.csr_matrix:
+    """Sparse slices x rows indicator: ``indicator @ rows`` sums the rows of each slice."""
+    return sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_slices, codes.size))
+
+
+def library_and_saturated(
+    counts: Any, chunk_size: int, codes: np.ndarray | None = None, n_slices: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Library size ``l`` and ``sum_g x log(x / l)`` of each row, and each gene's total count per slice, in one pass.
+
+    ``sum_g x log(x / l)`` is the Poisson deviance's saturated term.
+    """
+    library = np.empty(counts.shape[0], dtype=np.float32)
+    saturated = np.zeros(counts.shape[0], dtype=np.float32)
+    gene_totals = np.zeros((n_slices, counts.shape[1]))
+    codes = np.zeros(counts.shape[0], dtype=np.int64) if codes is None else codes
+    for start, stop, (lib, sat, genes, bad) in map_row_blocks(
+        counts, _block_library_and_saturated, rows=(codes,), args=(n_slices,), chunk_size=chunk_size
+    ):
+        if bad is not None:  # the likelihood of a negative or non-finite count is undefined: NaN everywhere after
+            n_bad, row, col, value = bad
+            raise InvalidCountsError(n_bad, start + row, col, value)
+        library[start:stop], saturated[start:stop] = lib, sat
+        gene_totals += genes
+    return library, saturated, gene_totals
+
+
+class InvalidCountsError(ValueError):
+    """Counts that are negative, NaN or infinite; the caller names the table, layer, spot and gene."""
+
+    def __init__(self, n_bad: int, row: int, col: int, value: float) -> None:
+        super().__init__(f"{n_bad} values are negative, NaN or infinite (row {row}, column {col}: {value})")
+        self.n_bad, self.row, self.col, self.value = n_bad, row, col, value
+
+
+def _block_library_and_saturated(
+    block: sparse.csr_matrix, codes: np.ndarray, n_slices: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    block.eliminate_zeros()
+    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    invalid = ~np.isfinite(block.data) | (block.data < 0)
+    if invalid.any():
+        first = int(np.flatnonzero(invalid)[0])
+        bad = (int(invalid.sum()), int(rows[first]), int(block.indices[first]), float(block.data[first]))
+        return None, None, None, bad
+    lib = np.bincount(rows, weights=block.data, minlength=block.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty rows are reported by the caller
+        terms = block.data * np.log(block.data / lib[rows])
+    genes = np.asarray((slice_indicator(codes, n_slices) @ block).todense(), dtype=np.float64)
+    return lib, np.bincount(rows, weights=terms, minlength=block.shape[0]), genes, None
+
+
+def sparse_pca(x: Any, n_comp: int, chunk_size: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Projections on the ``n_comp`` first principal axes of the centred ``x``, the first axis's variance, the axes.
+
+    The exact eigenvectors of the covariance, from the Gram matrix ``xᵀx`` accumulated over dense row chunks
+    (BLAS; one pass over ``x``, memory ``p²`` plus one chunk; only the top eigenpairs are solved for), with
+    scikit-learn's sign convention (the largest loading of each axis is positive): the same axes as
+    :class:`sklearn.decomposition.PCA` on the sparse matrix (ARPACK), which needs hundreds of passes over ``x``.
+    """
+    step = min(chunk_size, _GRAM_CHUNK)
+    # float32 products of one chunk, summed over chunks in float64
+    mean, cov = _mean_and_covariance((m for _, _, m in map_row_blocks(x, _block_gram, chunk_size=step)), x.shape)
+    values, vectors = _top_axes(cov, n_comp)
+    vectors = vectors.astype(np.float32)
+    y = matmul_rows(x, vectors, chunk_size)
+    y -= (mean @ vectors).astype(np.float32)
+    return y, float(values[0]), vectors
+
+
+def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the first ``n_comp`` principal axes (columns, float32) of the rows of dense ``x``.
+
+    Axes beyond the rank of ``x`` (``n_comp`` > its width) are zero columns.
+    """
+    n, p = x.shape
+    blocks = (np.asarray(x[a : a + chunk_size], dtype=np.float64) for a in range(0, n, chunk_size))
+    mean, cov = _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), x.shape)
+    axes = np.zeros((p, n_comp), dtype=np.float32)
+    k = min(n_comp, p)
+    axes[:, :k] = _top_axes(cov, k)[1]
+    return mean.astype(np.float32), axes
+
+
+def _mean_and_covariance(moments: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and covariance of an ``n x p`` matrix from ``(column sums, xᵀx)`` of its row blocks."""
+    n, p = shape
+    total, gram = np.zeros(p), np.zeros((p, p))
+    for block_total, block_gram in moments:
+        total += block_total
+        gram += block_gram
+    mean = total / n
+    return mean, (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+
+
+def _top_axes(cov: np.ndarray, n_comp: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_comp`` largest eigenvalues (decreasing) of ``cov`` and their eigenvectors (columns).
+
+    Only those are solved for; signs follow scikit-learn (the largest loading of each axis is positive).
+    """
+    p = cov.shape[0]
+    values, vectors = linalg.eigh(cov, subset_by_index=[p - n_comp, p - 1], driver="evr")
+    values, vectors = np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
+    biggest = np.argmax(np.abs(vectors), axis=0)
+    vectors *= np.sign(vectors[biggest, np.arange(n_comp)])
+    return values, vectors
+
+
+def _block_gram(rows: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums (float64; ``x.mean`` would copy all of ``x`` to float64) and ``xᵀx`` of one dense row chunk."""
+    block = rows.toarray()
+    return block.sum(axis=0, dtype=np.float64), block.T @ block
