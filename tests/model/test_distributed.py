@@ -46,3 +46,34 @@ def test_slice_smaller_than_the_number_of_processes():
     assert make_sampler(counts, slices, 4, rng, (1, 2)).next_batch()[0].size == 5  # 4 of slice 0, 1 of slice 1
     with pytest.raises(ValueError, match="Slice 'b' has 2 spots, fewer than the 4 training processes"):
         make_sampler(counts, slices, 4, rng, (0, 4), ["a", "b"])
+
+
+def test_each_rank_of_a_node_takes_its_own_gpu(monkeypatch):
+    """Under torchrun, "auto"/"cuda" means cuda:LOCAL_RANK (nccl refuses two ranks on one GPU); an index is kept."""
+    import torch
+
+    from sd_inspire.model._model import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _device("auto") == torch.device("cuda", 3)
+    assert _device("cuda") == torch.device("cuda", 3)
+    assert _device("cuda:1") == torch.device("cuda", 1)  # the user's choice stands
+    assert _device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "5")  # more ranks than GPUs on the node: shared round-robin
+    assert _device("auto") == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert _device("auto") == torch.device("cuda")  # a single process: the current GPU, as before
+
+
+def test_mean_over_ranks_reduces_on_the_training_device():
+    """A tensor on the training device: nccl (GPU) cannot reduce a CPU tensor. One process: the value itself."""
+    import inspect
+
+    import torch
+
+    from sd_inspire.model._distributed import mean_over_ranks
+
+    assert "device" in inspect.signature(mean_over_ranks).parameters
+    assert mean_over_ranks(2.5, 1, torch.device("cpu")) == 2.5

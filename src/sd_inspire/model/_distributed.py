@@ -51,6 +51,18 @@ def world(device: torch.device) -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
 
+def local_cuda_device(device: str) -> torch.device:
+    """``device`` ("cuda" without an index) as this process's own GPU under ``torchrun``: ``cuda:LOCAL_RANK``.
+
+    Every rank of a node would otherwise take GPU 0 (nccl refuses two ranks on one GPU). A device with an index, or
+    a launch without ``LOCAL_RANK``, is left as it is.
+    """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device != "cuda" or local_rank is None:
+        return torch.device(device)
+    return torch.device("cuda", int(local_rank) % max(torch.cuda.device_count(), 1))
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], size: int) -> None:
     """Replace each gradient by its mean over the ranks (one flattened all-reduce)."""
     if size <= 1:
@@ -72,12 +84,12 @@ def average_gradients(parameters: list[torch.nn.Parameter], size: int) -> None:
         offset += g.numel()
 
 
-def mean_over_ranks(value: float, size: int) -> float:
-    """Mean of a number over the ranks."""
+def mean_over_ranks(value: float, size: int, device: torch.device) -> float:
+    """Mean of a number over the ranks (reduced on ``device``: nccl reduces only GPU tensors)."""
     if size <= 1:
         return value
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / size

@@ -18,7 +18,7 @@ from sd_inspire._logging import logger
 from sd_inspire._utils import REFIT_KEY, convergence, derive_seed, judged_curve, random_generator
 from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._counts import expected_shares, slice_programs
-from sd_inspire.model._distributed import World, world
+from sd_inspire.model._distributed import World, local_cuda_device, world
 from sd_inspire.model._features import principal_axes, within_slice_sd
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._setup import holds_counts, n_technologies, prepare
@@ -979,7 +979,7 @@ def _device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"`device={device!r}` but no CUDA device is available; use 'cpu' or 'auto'.")
-    return torch.device(device)
+    return local_cuda_device(device)

@@ -105,7 +105,7 @@ def refit_count_model(
         loss.backward()
         average_gradients(params, world.size)
         opt.step()
-        deviance.append(mean_over_ranks(float(terms["poisson"].detach()), world.size))
+        deviance.append(mean_over_ranks(float(terms["poisson"].detach()), world.size, device))
     return deviance
 
 
@@ -356,7 +356,7 @@ class Trainer:
                 self.history.setdefault(k, []).append(v)
             value = record["loss"]
             if cfg.early_stopping and self.world.size > 1:  # every rank must stop at the same step
-                value = mean_over_ranks(value, self.world.size)
+                value = mean_over_ranks(value, self.world.size, self.device)
             previous = stop["smooth"]
             smooth = stop["smooth"] = (
                 value if previous is None else (1 - LOSS_SMOOTHING) * previous + LOSS_SMOOTHING * value
