@@ -93,8 +93,8 @@ def test_save_load_roundtrip(trained, tiny, tmp_path):
         InspireModel.load(tmp_path / "empty", tiny)
 
 
-def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
-    """Model files and checkpoints without `features` were trained on log-normalised input and are read as such."""
+def test_model_files_missing_a_parameter_are_refused(tiny, tmp_path):
+    """Metadata without a parameter is not read with some default: loading and resuming say the params differ."""
     import json
 
     model = InspireModel(tiny, n_factors=3, n_latent=4, n_hidden=16, features="lognorm")
@@ -104,11 +104,9 @@ def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
     meta = json.loads(meta_file.read_text())
     del meta["params"]["features"]
     meta_file.write_text(json.dumps(meta))
-    loaded = InspireModel.load(tmp_path / "m", tiny)
-    assert loaded.params["features"] == "lognorm"
-    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+    with pytest.raises(ValueError, match="params do not match"):
+        InspireModel.load(tmp_path / "m", tiny)
 
-    # a checkpoint of that time resumes with the input it was trained on, and only with it
     kwargs = {"n_factors": 3, "n_latent": 4, "n_hidden": 16}
     train = {"max_steps": 10, "batch_size": 64, "show_progress_bar": False, "checkpoint_dir": tmp_path / "c"}
     InspireModel(tiny, **kwargs, features="lognorm").train(**train, checkpoint_every=5)
@@ -117,10 +115,10 @@ def test_load_a_model_saved_before_features_existed(tiny, tmp_path):
     del meta["params"]["features"]
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="params do not match"):
-        InspireModel(tiny, **kwargs, features="pearson").train(**train)
-    resumed = InspireModel(tiny, **kwargs, features="lognorm")
-    resumed.train(**train)
-    assert resumed.is_trained
+        InspireModel(tiny, **kwargs, features="lognorm").train(**train)
+    meta_file.write_text("[1, 2]")  # not a model's metadata at all
+    with pytest.raises(ValueError, match="not the metadata of a saved model"):
+        InspireModel(tiny, **kwargs, features="lognorm").train(**train)
 
 
 def test_checkpoint_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):

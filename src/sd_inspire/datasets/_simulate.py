@@ -184,6 +184,48 @@ def simulate(
     (['D0', 'D2', 'D3', 'D4'], True)
     """
     rng = random_generator(random_state)
+    spots, techs, n_markers = _check_design(n_slices, n_spots, technology, n_genes, n_cell_types, n_domains)
+    if geometry not in _GEOMETRIES:
+        raise ValueError(f"`geometry` must be 'layers', 'islands' or 'gradient', got {geometry!r}.")
+    coverages = _coverages(coverage, n_slices)
+    missing = _missing_domains(missing_domains, n_slices, [f"D{k}" for k in range(n_domains)])
+    changes = _abundance_changes(abundance_change, n_slices, [f"CT{k}" for k in range(n_cell_types)])
+    path = _check_output(output, path)
+    parts = None if path is None else path.with_name(f".{path.name}.slices")
+
+    with timed(f"Simulating {n_slices} slices, {sum(int(n) for n in spots)} spots x {n_genes} genes"):
+        truth = _ground_truth(rng, n_genes, n_cell_types, n_domains, n_markers, n_slices, batch_effect, geometry)
+        panel_size, panel = _gene_panel(rng, n_genes, n_markers * n_cell_types, panel_size)
+        tables = _simulate_slices(
+            rng, spots, techs, truth, panel, depth_scale, parts, coverages=coverages, missing=missing, changes=changes
+        )
+        params = {
+            "n_slices": n_slices,
+            "n_genes": n_genes,
+            "n_cell_types": n_cell_types,
+            "n_domains": n_domains,
+            "batch_effect": batch_effect,
+            "depth_scale": depth_scale,
+            "panel_size": int(panel_size),
+            "geometry": geometry,
+            "coverage": coverages,
+            "missing_domains": {f"slice{s}": m for s, m in enumerate(missing) if m},
+            "abundance_change": {f"slice{s}": c for s, c in enumerate(changes) if c},
+            "random_state": random_state if isinstance(random_state, int) else None,
+        }
+        uns = _truth_record(truth, list(tables), techs, params)
+        return _deliver(tables, techs, uns, output, path, parts)
+
+
+def _check_design(
+    n_slices: int,
+    n_spots: int | Sequence[int],
+    technology: str | Sequence[str],
+    n_genes: int,
+    n_cell_types: int,
+    n_domains: int,
+) -> tuple[list, list[str], int]:
+    """Spots and technology per slice, and the number of marker genes per cell type; errors for impossible sizes."""
     spots = _per_slice(n_spots, n_slices, "n_spots")
     techs = [str(t).lower() for t in _per_slice(technology, n_slices, "technology")]
     for t in techs:
@@ -196,105 +238,118 @@ def simulate(
     n_markers = max(3, min(20, n_genes // (4 * n_cell_types)))
     if n_genes < n_markers * n_cell_types + 1:
         raise ValueError(f"`n_genes`={n_genes} is too small for {n_cell_types} cell types with marker genes.")
-    if geometry not in _GEOMETRIES:
-        raise ValueError(f"`geometry` must be 'layers', 'islands' or 'gradient', got {geometry!r}.")
-    coverages = _coverages(coverage, n_slices)
-    missing = _missing_domains(missing_domains, n_slices, [f"D{k}" for k in range(n_domains)])
-    changes = _abundance_changes(abundance_change, n_slices, [f"CT{k}" for k in range(n_cell_types)])
+    return spots, techs, n_markers
+
+
+def _check_output(output: str, path: str | Path | None) -> Path | None:
+    """``path`` as a Path (``None`` stays ``None``) after checking it goes with ``output`` and is a new store."""
     if output not in ("spatialdata", "anndata", "slices"):
         raise ValueError(f"`output` must be 'spatialdata', 'anndata' or 'slices', got {output!r}.")
+    if path is None:
+        return None
+    path = Path(path)
+    if output != "spatialdata":
+        raise ValueError(f"`path` needs output='spatialdata', got output={output!r}.")
+    if path.exists():
+        raise FileExistsError(f"{str(path)!r} already exists; simulate writes a new store.")
+    return path
+
+
+def _gene_panel(
+    rng: np.random.Generator, n_genes: int, n_marker_genes: int, panel_size: int | None
+) -> tuple[int, np.ndarray]:
+    """Size and genes (sorted indices) of the targeted technologies' panel: every marker and random others."""
+    panel_size = panel_size if panel_size is not None else max(n_marker_genes, n_genes // 5)
+    if not n_marker_genes <= panel_size <= n_genes:
+        raise ValueError(f"`panel_size` must be between {n_marker_genes} (all markers) and {n_genes}.")
+    others = rng.permutation(np.arange(n_marker_genes, n_genes))[: panel_size - n_marker_genes]
+    return panel_size, np.sort(np.concatenate([np.arange(n_marker_genes), others]))
+
+
+def _simulate_slices(
+    rng: np.random.Generator,
+    spots: Sequence[int],
+    techs: Sequence[str],
+    truth: dict,
+    panel: np.ndarray,
+    depth_scale: float,
+    parts: Path | None,
+    *,
+    coverages: Sequence[float],
+    missing: Sequence[Sequence[str]],
+    changes: Sequence[Mapping[str, float]],
+) -> dict[str, AnnData]:
+    """Each slice's table, in order; with ``parts``, each written there as soon as simulated (removed on error)."""
+    tables = {}
+    try:
+        for s in range(len(spots)):
+            name = f"slice{s}"
+            preset = TECHNOLOGY_PRESETS[techs[s]]
+            genes = panel if preset.targeted else np.arange(truth["genes"].size)
+            tables[name] = _simulate_slice(
+                rng,
+                int(spots[s]),
+                preset,
+                truth,
+                s,
+                genes,
+                depth_scale,
+                name,
+                Technology(techs[s]),
+                coverage=coverages[s],
+                missing=missing[s],
+                abundance=changes[s],
+            )
+            if parts is not None:  # to disk now: memory holds one slice
+                tables[name] = _spill(tables[name], parts / f"{name}.zarr")
+    except BaseException:
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
+    return tables
+
+
+def _truth_record(truth: dict, names: list[str], techs: list[str], params: dict) -> dict:
+    """``uns["simulation"]``: the ground truth, each slice's technology and the parameters."""
+    return {
+        "cell_types": truth["cell_types"],
+        "domains": truth["domains"],
+        "compositions": truth["compositions"],
+        "profiles": truth["profiles"],
+        "slice_effects": truth["slice_effects"],
+        "marker_genes": {ct: truth["genes"][truth["markers"][i]].tolist() for i, ct in enumerate(truth["cell_types"])},
+        "technology": dict(zip(names, techs, strict=True)),
+        "presets": {t: asdict(TECHNOLOGY_PRESETS[t]) for t in sorted(set(techs))},
+        "params": params,
+    }
+
+
+def _deliver(
+    tables: dict[str, AnnData], techs: list[str], uns: dict, output: str, path: Path | None, parts: Path | None
+) -> SpatialData | AnnData | dict[str, SpatialData]:
+    """The slices as ``output`` asks, each table holding ``uns["simulation"]``; with ``path``, written there."""
+    from sd_inspire.pp import concat
+
+    slices = {
+        name: anndata_to_spatialdata(t, name, radius=TECHNOLOGY_PRESETS[tech].radius)
+        for (name, t), tech in zip(tables.items(), techs, strict=True)
+    }
+    if output == "slices":
+        for sd in slices.values():
+            next(iter(sd.tables.values())).uns[Key.SIMULATION] = uns
+        return slices
+    sdata = concat(slices)
+    table = sdata.tables[Key.TABLE]
+    table.uns[Key.SIMULATION] = uns
     if path is not None:
-        path = Path(path)
-        if output != "spatialdata":
-            raise ValueError(f"`path` needs output='spatialdata', got output={output!r}.")
-        if path.exists():
-            raise FileExistsError(f"{str(path)!r} already exists; simulate writes a new store.")
-    parts = None if path is None else path.with_name(f".{path.name}.slices")
+        from sd_inspire.io import read_zarr
 
-    with timed(f"Simulating {n_slices} slices, {sum(int(n) for n in spots)} spots x {n_genes} genes"):
-        truth = _ground_truth(rng, n_genes, n_cell_types, n_domains, n_markers, n_slices, batch_effect, geometry)
-        n_marker_genes = n_markers * n_cell_types
-        panel_size = panel_size if panel_size is not None else max(n_marker_genes, n_genes // 5)
-        if not n_marker_genes <= panel_size <= n_genes:
-            raise ValueError(f"`panel_size` must be between {n_marker_genes} (all markers) and {n_genes}.")
-        others = rng.permutation(np.arange(n_marker_genes, n_genes))[: panel_size - n_marker_genes]
-        panel = np.sort(np.concatenate([np.arange(n_marker_genes), others]))
-
-        tables = {}
         try:
-            for s in range(n_slices):
-                name = f"slice{s}"
-                preset = TECHNOLOGY_PRESETS[techs[s]]
-                genes = panel if preset.targeted else np.arange(n_genes)
-                tables[name] = _simulate_slice(
-                    rng,
-                    int(spots[s]),
-                    preset,
-                    truth,
-                    s,
-                    genes,
-                    depth_scale,
-                    name,
-                    Technology(techs[s]),
-                    coverage=coverages[s],
-                    missing=missing[s],
-                    abundance=changes[s],
-                )
-                if parts is not None:  # to disk now: memory holds one slice
-                    tables[name] = _spill(tables[name], parts / f"{name}.zarr")
-        except BaseException:
-            if parts is not None:
-                shutil.rmtree(parts, ignore_errors=True)
-            raise
-
-        uns = {
-            "cell_types": truth["cell_types"],
-            "domains": truth["domains"],
-            "compositions": truth["compositions"],
-            "profiles": truth["profiles"],
-            "slice_effects": truth["slice_effects"],
-            "marker_genes": {
-                ct: truth["genes"][truth["markers"][i]].tolist() for i, ct in enumerate(truth["cell_types"])
-            },
-            "technology": dict(zip(tables, techs, strict=True)),
-            "presets": {t: asdict(TECHNOLOGY_PRESETS[t]) for t in sorted(set(techs))},
-            "params": {
-                "n_slices": n_slices,
-                "n_genes": n_genes,
-                "n_cell_types": n_cell_types,
-                "n_domains": n_domains,
-                "batch_effect": batch_effect,
-                "depth_scale": depth_scale,
-                "panel_size": int(panel_size),
-                "geometry": geometry,
-                "coverage": coverages,
-                "missing_domains": {f"slice{s}": m for s, m in enumerate(missing) if m},
-                "abundance_change": {f"slice{s}": c for s, c in enumerate(changes) if c},
-                "random_state": random_state if isinstance(random_state, int) else None,
-            },
-        }
-        from sd_inspire.pp import concat
-
-        slices = {
-            name: anndata_to_spatialdata(t, name, radius=TECHNOLOGY_PRESETS[tech].radius)
-            for (name, t), tech in zip(tables.items(), techs, strict=True)
-        }
-        if output == "slices":
-            for sd in slices.values():
-                next(iter(sd.tables.values())).uns[Key.SIMULATION] = uns
-            return slices
-        sdata = concat(slices)
-        table = sdata.tables[Key.TABLE]
-        table.uns[Key.SIMULATION] = uns
-        if path is not None:
-            from sd_inspire.io import read_zarr
-
-            try:
-                sdata.write(path)
-            finally:
-                shutil.rmtree(parts, ignore_errors=True)
-            return read_zarr(path)
-        return table if output == "anndata" else sdata
+            sdata.write(path)
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+        return read_zarr(path)
+    return table if output == "anndata" else sdata
 
 
 def _spill(adata: AnnData, store: Path) -> AnnData:

@@ -150,14 +150,9 @@ def preprocess(
         adata.var[Key.MITO] = adata.var_names.str.startswith(prefixes)
         measured = measured_mask(adata, slices)
         codes = slices.cat.codes.to_numpy()
-        scan = _scan(
-            counts,
-            codes,
-            len(slices.cat.categories),
-            adata.var[Key.MITO].to_numpy(),
-            source,
-            thresholds=(min_counts, min_genes, max_pct_mito),
-        )
+        thresholds = (min_counts, min_genes, max_pct_mito)
+        mito = adata.var[Key.MITO].to_numpy()
+        scan = _scan(counts, codes, len(slices.cat.categories), mito, source, thresholds=thresholds)
         is_integer = scan.is_integer
         if not is_integer:
             warnings.warn(
@@ -166,90 +161,13 @@ def preprocess(
                 UserWarning,
                 stacklevel=2,
             )
-
-        # --- spot QC, per slice
-        keep, total, n_detected, pct_mito = scan.keep, scan.total, scan.n_detected, scan.pct_mito
-        removed = {}
-        for k, s in enumerate(slices.cat.categories):
-            in_slice = codes == k
-            removed[str(s)] = int((in_slice & ~keep).sum())
-            if not (in_slice & keep).any():
-                raise ValueError(
-                    f"Slice {s!r} has no spots left after QC ({int(in_slice.sum())} spots; min_counts={min_counts}, "
-                    f"min_genes={min_genes}, max_pct_mito={max_pct_mito}). Lower the thresholds or drop the slice."
-                )
-        if not keep.all():
-            logger.info("QC removes %d of %d spots: %s", int((~keep).sum()), adata.n_obs, removed)
-            adata._inplace_subset_obs(np.flatnonzero(keep))
-            counts = _counts(adata, has_layer)
-            codes = codes[keep]
-            total, n_detected, pct_mito = total[keep], n_detected[keep], pct_mito[keep]
-        adata.obs[Key.TOTAL_COUNTS] = total
-        adata.obs[Key.N_GENES] = n_detected
-        adata.obs[Key.PCT_MITO] = pct_mito
-
-        # --- highly variable genes per slice, then the gene space
-        ranks = pd.DataFrame(np.nan, index=adata.var_names, columns=measured.columns)
-        candidates = {}
-        for k, s in enumerate(measured.columns):
-            cand = measured[s].to_numpy() & ~adata.var[Key.MITO].to_numpy() & (scan.detected[k] >= min_spots)
-            candidates[k] = cand
-            if not is_integer:
-                in_slice = _gather_rows(counts, codes == k)
-                ranks.loc[cand, s] = _rank(_seurat_dispersion(in_slice[:, cand]))
-        if is_integer:
-            for k, score in _seurat_v3_variances(counts, codes, scan, candidates).items():
-                ranks.loc[candidates[k], measured.columns[k]] = _rank(score[candidates[k]])
-        flagged = ranks < n_top_genes
-        if gene_space == "shared":
-            pool = measured.all(axis=1).to_numpy()
-            if not pool.any():
-                sizes = {s: int(measured[s].sum()) for s in measured.columns}
-                raise ValueError(
-                    f"No gene is measured in every slice (genes per slice: {sizes}); use gene_space='union' or "
-                    "check that the slices use the same gene identifiers (`pp.concat(..., gene_key=...)`)."
-                )
-            score = flagged.sum(axis=1).to_numpy(dtype=float)
-        else:
-            pool = measured.any(axis=1).to_numpy()
-            n_shared = int(measured.all(axis=1).sum())
-            if measured.shape[1] > 1 and n_shared < 2:
-                sizes = {s: int(measured[s].sum()) for s in measured.columns}
-                warnings.warn(
-                    f"{n_shared} gene(s) are measured in every slice (genes per slice: {sizes}): the slices share "
-                    "no expression features, so the integration has nothing to align them on and their latent "
-                    "codes will not be comparable. Check that the slices use the same gene identifiers "
-                    "(`pp.concat(..., gene_key=...)`).",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            score = flagged.sum(axis=1).to_numpy(dtype=float) / np.maximum(measured.sum(axis=1).to_numpy(), 1)
-        pool &= ranks.notna().any(axis=1).to_numpy()
-        median_rank = ranks.median(axis=1, skipna=True).to_numpy()
-        order = np.lexsort((median_rank, -score))
-        order = order[pool[order]][:n_top_genes]
-        if order.size < n_top_genes:
-            logger.info("Gene space holds %d genes (fewer candidates than n_top_genes=%d)", order.size, n_top_genes)
-        hv = np.zeros(adata.n_vars, dtype=bool)
-        hv[order] = True
-        hv_rank = np.full(adata.n_vars, np.nan)
-        hv_rank[order] = np.arange(order.size)
-        adata.var[Key.HIGHLY_VARIABLE] = hv
-        adata.var[HV_RANK] = hv_rank
-        adata.var[HV_NBATCHES] = flagged.sum(axis=1).to_numpy()
-        adata.varm[HV_RANK] = ranks
-
-        # --- counts layer and log-normalised X (out of core: computed chunk by chunk when read)
-        if not has_layer and is_integer:
-            adata.layers[Key.COUNTS] = counts if lazy else counts.astype(np.float32, copy=False)  # X is replaced
-            log_added("layers", Key.COUNTS)
-        if is_integer:
-            scale = target_sum if target_sum is not None else float(np.median(total[total > 0]))
-            factors = np.divide(scale, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
-            adata.X = _log_normalised(counts, factors.astype(np.float32))
-        else:  # one decision for the whole matrix (a block's own maximum could differ)
-            log = scan.maximum > _LOG_SCALE_MAX
-            adata.X = counts.map_blocks(_as_log, log, dtype=np.float32) if lazy else _as_log(counts, log)
+        removed, counts, codes, total = _spot_qc(
+            adata, counts, codes, slices.cat.categories, scan, has_layer, thresholds
+        )
+        ranks = _slice_ranks(adata, counts, codes, scan, measured, min_spots)
+        order, flagged = _gene_space(ranks, measured, n_top_genes, gene_space)
+        hv = _write_gene_space(adata, ranks, flagged, order)
+        _write_expression(adata, counts, scan, total, has_layer=has_layer, lazy=lazy, target_sum=target_sum)
         if subset:
             adata._inplace_subset_var(np.flatnonzero(hv))
         adata.uns[Key.PREPROCESS] = {
@@ -270,6 +188,140 @@ def preprocess(
         log_added("var", Key.HIGHLY_VARIABLE)
         log_added("uns", Key.PREPROCESS)
     return adata if copy else None
+
+
+def _spot_qc(
+    adata: AnnData,
+    counts: Any,
+    codes: np.ndarray,
+    slice_names: pd.Index,
+    scan: _Scan,
+    has_layer: bool,
+    thresholds: tuple[float, int, float | None],
+) -> tuple[dict[str, int], Any, np.ndarray, np.ndarray]:
+    """Spot QC, per slice: remove the spots that fail it and write the QC columns of ``obs``.
+
+    Returns the spots removed per slice, and the counts, slice codes and library sizes of the spots kept.
+    """
+    min_counts, min_genes, max_pct_mito = thresholds
+    keep, total, n_detected, pct_mito = scan.keep, scan.total, scan.n_detected, scan.pct_mito
+    removed = {}
+    for k, s in enumerate(slice_names):
+        in_slice = codes == k
+        removed[str(s)] = int((in_slice & ~keep).sum())
+        if not (in_slice & keep).any():
+            raise ValueError(
+                f"Slice {s!r} has no spots left after QC ({int(in_slice.sum())} spots; min_counts={min_counts}, "
+                f"min_genes={min_genes}, max_pct_mito={max_pct_mito}). Lower the thresholds or drop the slice."
+            )
+    if not keep.all():
+        logger.info("QC removes %d of %d spots: %s", int((~keep).sum()), adata.n_obs, removed)
+        adata._inplace_subset_obs(np.flatnonzero(keep))
+        counts = _counts(adata, has_layer)
+        codes = codes[keep]
+        total, n_detected, pct_mito = total[keep], n_detected[keep], pct_mito[keep]
+    adata.obs[Key.TOTAL_COUNTS] = total
+    adata.obs[Key.N_GENES] = n_detected
+    adata.obs[Key.PCT_MITO] = pct_mito
+    return removed, counts, codes, total
+
+
+def _slice_ranks(
+    adata: AnnData, counts: Any, codes: np.ndarray, scan: _Scan, measured: pd.DataFrame, min_spots: int
+) -> pd.DataFrame:
+    """Each slice's rank of its candidate genes as highly variable (genes x slices, NaN outside the candidates).
+
+    A slice's candidates are the genes it measured, detected in at least ``min_spots`` of its spots, and not
+    mitochondrial; integer counts are ranked by ``seurat_v3``, other values by ``seurat`` on their log scale.
+    """
+    ranks = pd.DataFrame(np.nan, index=adata.var_names, columns=measured.columns)
+    candidates = {}
+    for k, s in enumerate(measured.columns):
+        cand = measured[s].to_numpy() & ~adata.var[Key.MITO].to_numpy() & (scan.detected[k] >= min_spots)
+        candidates[k] = cand
+        if not scan.is_integer:
+            in_slice = _gather_rows(counts, codes == k)
+            ranks.loc[cand, s] = _rank(_seurat_dispersion(in_slice[:, cand]))
+    if scan.is_integer:
+        for k, score in _seurat_v3_variances(counts, codes, scan, candidates).items():
+            ranks.loc[candidates[k], measured.columns[k]] = _rank(score[candidates[k]])
+    return ranks
+
+
+def _gene_space(
+    ranks: pd.DataFrame, measured: pd.DataFrame, n_top_genes: int, gene_space: str
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The genes of the gene space (indices, best first) and whether each gene is highly variable in each slice."""
+    flagged = ranks < n_top_genes
+    if gene_space == "shared":
+        pool = measured.all(axis=1).to_numpy()
+        if not pool.any():
+            sizes = {s: int(measured[s].sum()) for s in measured.columns}
+            raise ValueError(
+                f"No gene is measured in every slice (genes per slice: {sizes}); use gene_space='union' or "
+                "check that the slices use the same gene identifiers (`pp.concat(..., gene_key=...)`)."
+            )
+        score = flagged.sum(axis=1).to_numpy(dtype=float)
+    else:
+        pool = measured.any(axis=1).to_numpy()
+        n_shared = int(measured.all(axis=1).sum())
+        if measured.shape[1] > 1 and n_shared < 2:
+            sizes = {s: int(measured[s].sum()) for s in measured.columns}
+            warnings.warn(
+                f"{n_shared} gene(s) are measured in every slice (genes per slice: {sizes}): the slices share "
+                "no expression features, so the integration has nothing to align them on and their latent "
+                "codes will not be comparable. Check that the slices use the same gene identifiers "
+                "(`pp.concat(..., gene_key=...)`).",
+                UserWarning,
+                stacklevel=3,  # the caller of preprocess
+            )
+        score = flagged.sum(axis=1).to_numpy(dtype=float) / np.maximum(measured.sum(axis=1).to_numpy(), 1)
+    pool &= ranks.notna().any(axis=1).to_numpy()
+    median_rank = ranks.median(axis=1, skipna=True).to_numpy()
+    order = np.lexsort((median_rank, -score))
+    order = order[pool[order]][:n_top_genes]
+    if order.size < n_top_genes:
+        logger.info("Gene space holds %d genes (fewer candidates than n_top_genes=%d)", order.size, n_top_genes)
+    return order, flagged
+
+
+def _write_gene_space(adata: AnnData, ranks: pd.DataFrame, flagged: pd.DataFrame, order: np.ndarray) -> np.ndarray:
+    """Write the gene space (``order``) and the slices' ranks to ``var`` and ``varm``; returns its mask."""
+    hv = np.zeros(adata.n_vars, dtype=bool)
+    hv[order] = True
+    hv_rank = np.full(adata.n_vars, np.nan)
+    hv_rank[order] = np.arange(order.size)
+    adata.var[Key.HIGHLY_VARIABLE] = hv
+    adata.var[HV_RANK] = hv_rank
+    adata.var[HV_NBATCHES] = flagged.sum(axis=1).to_numpy()
+    adata.varm[HV_RANK] = ranks
+    return hv
+
+
+def _write_expression(
+    adata: AnnData,
+    counts: Any,
+    scan: _Scan,
+    total: np.ndarray,
+    *,
+    has_layer: bool,
+    lazy: bool,
+    target_sum: float | None,
+) -> None:
+    """The counts layer (integer counts not in it yet) and ``X``: log-normalised counts, or the values on a log scale.
+
+    Out of core, ``X`` is computed chunk by chunk when read.
+    """
+    if not has_layer and scan.is_integer:
+        adata.layers[Key.COUNTS] = counts if lazy else counts.astype(np.float32, copy=False)  # X is replaced
+        log_added("layers", Key.COUNTS)
+    if scan.is_integer:
+        scale = target_sum if target_sum is not None else float(np.median(total[total > 0]))
+        factors = np.divide(scale, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
+        adata.X = _log_normalised(counts, factors.astype(np.float32))
+    else:  # one decision for the whole matrix (a block's own maximum could differ)
+        log = scan.maximum > _LOG_SCALE_MAX
+        adata.X = counts.map_blocks(_as_log, log, dtype=np.float32) if lazy else _as_log(counts, log)
 
 
 def spots_failing_qc(adata: AnnData, slice_key: str | None = Key.SLICE) -> int:

@@ -216,58 +216,27 @@ def align(
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
     slices = get_slices(adata, slice_key)
-    names = [str(c) for c in slices.cat.categories]
-    if len(names) < 2:
-        raise ValueError(
-            f"Alignment needs at least two slices; `adata.obs[{slice_key!r}]` holds only {names}. Combine slices "
-            "with `sd_inspire.pp.concat`, or pass the `slice_key=` of the column that tells them apart."
-        )
-    order = _check_order(order, names)
-    if reference is None:
-        reference = order[(len(order) - 1) // 2]
-    elif str(reference) not in order:
-        raise ValueError(f"`reference` {reference!r} is not a slice; the slices are {order}.")
-    reference = str(reference)
+    order, reference = _order_and_reference(slices, slice_key, order, reference)
     latent = get_representation(adata, use_rep)
     coords = get_spatial(adata, spatial_key, slices)[:, :2]
     labels = slices.astype(str).to_numpy()
     rows = {s: np.flatnonzero(labels == s) for s in order}
     gaps = _gaps(spacing, order, coords[rows[reference]])
 
-    ref_pos = order.index(reference)
-    pair_transforms: dict[str, np.ndarray] = {}
-    records = []
-    from tqdm.auto import tqdm
-
     with timed(f"Aligning {len(order)} slices to {reference!r} ({model}) from `obsm[{use_rep!r}]`"):
-        bar = tqdm(total=len(order) - 1, desc="Registering slices", unit="slice", disable=not show_progress_bar)
-        for i, moving in enumerate(order):
-            if i == ref_pos:
-                continue
-            bar.update()
-            fixed = order[i - 1] if i > ref_pos else order[i + 1]
-            m, f = rows[moving], rows[fixed]
-            pair_transforms[moving], stats = _register_pair(
-                coords[m], latent[m], coords[f], latent[f], model, n_neighbors, refine, rng, (moving, fixed)
-            )
-            records.append({"moving": moving, "fixed": fixed, **stats})
-            logger.info(
-                "%s -> %s: %d mutual neighbours, %d/%d inliers after refinement, residual %.3g",
-                moving,
-                fixed,
-                stats["n_mutual"],
-                stats["n_inliers"],
-                stats["n_matches"],
-                stats["residual"],
-            )
-        bar.close()
-        transforms = {reference: np.eye(3)}
-        for i in range(ref_pos + 1, len(order)):
-            transforms[order[i]] = transforms[order[i - 1]] @ pair_transforms[order[i]]
-        for i in range(ref_pos - 1, -1, -1):
-            transforms[order[i]] = transforms[order[i + 1]] @ pair_transforms[order[i]]
-        transforms = {s: transforms[s] for s in order}
-
+        pair_transforms, records = _register_chain(
+            order,
+            reference,
+            coords,
+            latent,
+            rows,
+            model=model,
+            n_neighbors=n_neighbors,
+            refine=refine,
+            rng=rng,
+            show_progress_bar=show_progress_bar,
+        )
+        transforms = _to_reference(order, reference, pair_transforms)
         z = dict(zip(order, np.concatenate([[0.0], np.cumsum(gaps)]).tolist(), strict=True))
         aligned = np.empty((adata.n_obs, 3), dtype=np.float64)
         for s in order:
@@ -301,6 +270,82 @@ def align(
                 logger.info("Adding coordinate system %r to elements %s", coordinate_system, updated)
             write_table_into_store(data, adata, table_key, transformations=updated)
     return adata if copy else None
+
+
+def _order_and_reference(
+    slices: pd.Series, slice_key: str, order: Sequence[str] | None, reference: str | None
+) -> tuple[list[str], str]:
+    """The slices in stacking order and the reference slice (by default the middle one), checked."""
+    names = [str(c) for c in slices.cat.categories]
+    if len(names) < 2:
+        raise ValueError(
+            f"Alignment needs at least two slices; `adata.obs[{slice_key!r}]` holds only {names}. Combine slices "
+            "with `sd_inspire.pp.concat`, or pass the `slice_key=` of the column that tells them apart."
+        )
+    order = _check_order(order, names)
+    if reference is None:
+        reference = order[(len(order) - 1) // 2]
+    elif str(reference) not in order:
+        raise ValueError(f"`reference` {reference!r} is not a slice; the slices are {order}.")
+    return order, str(reference)
+
+
+def _register_chain(
+    order: list[str],
+    reference: str,
+    coords: np.ndarray,
+    latent: np.ndarray,
+    rows: dict[str, np.ndarray],
+    *,
+    model: str,
+    n_neighbors: int,
+    refine: int,
+    rng: np.random.Generator,
+    show_progress_bar: bool,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Register every slice but the reference onto its neighbour in ``order`` on the side of the reference.
+
+    ``rows`` are each slice's rows of ``coords`` and ``latent``. Returns the transform of each slice onto its
+    neighbour and one record of statistics per pair, in ``order``.
+    """
+    from tqdm.auto import tqdm
+
+    ref_pos = order.index(reference)
+    pair_transforms: dict[str, np.ndarray] = {}
+    records = []
+    bar = tqdm(total=len(order) - 1, desc="Registering slices", unit="slice", disable=not show_progress_bar)
+    for i, moving in enumerate(order):
+        if i == ref_pos:
+            continue
+        bar.update()
+        fixed = order[i - 1] if i > ref_pos else order[i + 1]
+        m, f = rows[moving], rows[fixed]
+        pair_transforms[moving], stats = _register_pair(
+            coords[m], latent[m], coords[f], latent[f], model, n_neighbors, refine, rng, (moving, fixed)
+        )
+        records.append({"moving": moving, "fixed": fixed, **stats})
+        logger.info(
+            "%s -> %s: %d mutual neighbours, %d/%d inliers after refinement, residual %.3g",
+            moving,
+            fixed,
+            stats["n_mutual"],
+            stats["n_inliers"],
+            stats["n_matches"],
+            stats["residual"],
+        )
+    bar.close()
+    return pair_transforms, records
+
+
+def _to_reference(order: list[str], reference: str, pair_transforms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each slice's transform into the reference frame: its pairwise transforms composed along ``order``."""
+    ref_pos = order.index(reference)
+    transforms = {reference: np.eye(3)}
+    for i in range(ref_pos + 1, len(order)):
+        transforms[order[i]] = transforms[order[i - 1]] @ pair_transforms[order[i]]
+    for i in range(ref_pos - 1, -1, -1):
+        transforms[order[i]] = transforms[order[i + 1]] @ pair_transforms[order[i]]
+    return {s: transforms[s] for s in order}
 
 
 # --- matching and fitting -------------------------------------------------------------------------------------

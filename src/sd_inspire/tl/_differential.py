@@ -111,86 +111,19 @@ def differential_factors(
     >>> adata.uns["inspire_differential"]["results"].shape
     (4, 10)
     """
-    from scipy import stats
-
     adata = maybe_copy(get_table(data, table_key), copy)
     key_added = key_added or f"{key}_differential"
-    if transform not in _TRANSFORMS:
-        raise ValueError(f"`transform` must be one of {list(_TRANSFORMS)}, got {transform!r}.")
-    for name, column in (("condition_key", condition_key), ("sample_key", sample_key)):
-        if column not in adata.obs:
-            raise KeyError(f"No column {column!r} in `adata.obs` for `{name}` (columns: {list(adata.obs.columns)}).")
-    factors_key = f"{key}_factors"
-    if factors_key not in adata.obsm:
-        raise KeyError(
-            f"`adata.obsm[{factors_key!r}]` is missing: run `sd_inspire.tl.integrate` (or `tl.map_query`) first, or "
-            "pass the `key` its results were written under."
-        )
-    beta = np.asarray(adata.obsm[factors_key], dtype=np.float64)
+    beta = _factor_proportions(adata, condition_key, sample_key, key, transform)
     usage, condition_of = _sample_usage(beta, adata.obs[condition_key], adata.obs[sample_key], condition_key)
-    conditions = list(pd.unique(condition_of.to_numpy()))
-    order = _condition_order(adata.obs[condition_key], conditions)
-    if len(order) < 2:
-        raise ValueError(
-            f"`obs[{condition_key!r}]` holds one condition ({order[0]!r}): at least two are needed to compare."
-        )
-    per_condition = condition_of.value_counts()
-    few = {str(c): int(per_condition[c]) for c in order if per_condition[c] < 2}
-    if few:
-        raise ValueError(
-            f"Conditions with fewer than two samples (`obs[{sample_key!r}]`) cannot be tested, the samples being the "
-            f"replicates: {few}."
-        )
-    reference = order[0] if reference is None else reference
-    if reference not in order:
-        raise ValueError(f"`reference` {reference!r} is not a condition of `obs[{condition_key!r}]`: {order}.")
-
+    order, per_condition, reference = _conditions(
+        adata.obs[condition_key], condition_of, condition_key, sample_key, reference
+    )
     values = _transformed(usage.to_numpy(), transform)
     groups = condition_of.to_numpy()
-    means = {c: values[groups == c].mean(axis=0) for c in order}  # on the test's scale
-    usages = {c: usage.to_numpy()[groups == c].mean(axis=0) for c in order}  # as proportions
-    residuals = values - np.vstack([means[c] for c in groups])
-    dof = values.shape[0] - len(order)
-    if dof < 1:
-        raise ValueError(
-            f"{values.shape[0]} samples in {len(order)} conditions leave no degree of freedom for the variance."
-        )
-    variance = (residuals**2).sum(axis=0) / dof
-    prior_dof, prior_variance = _variance_prior(variance, dof) if moderated else (0.0, 0.0)
-    if np.isinf(prior_dof):  # the factors' variances spread no more than sampling allows: the common one for all
-        variance = np.full_like(variance, prior_variance)
-    elif prior_dof > 0:  # empirical Bayes: each factor's variance drawn towards the factors' common one
-        variance = (prior_dof * prior_variance + dof * variance) / (prior_dof + dof)
-    test_dof = dof + prior_dof
-    names = list(usage.columns)
-    rows = []
-    for condition in (c for c in order if c != reference):
-        n_c, n_r = int(per_condition[condition]), int(per_condition[reference])
-        difference = means[condition] - means[reference]
-        se = np.sqrt(variance * (1.0 / n_c + 1.0 / n_r))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(se > 0, difference / se, np.where(difference == 0, 0.0, np.sign(difference) * np.inf))
-        p = 2.0 * (stats.norm.sf(np.abs(t)) if np.isinf(test_dof) else stats.t.sf(np.abs(t), test_dof))
-        raw_c, raw_r = usages[condition], usages[reference]
-        lfc = np.log2(np.maximum(raw_c, _MIN_USAGE) / np.maximum(raw_r, _MIN_USAGE))
-        rows.append(
-            pd.DataFrame(
-                {
-                    "factor": names,
-                    "condition": str(condition),
-                    "reference": str(reference),
-                    "usage": raw_c,
-                    "usage_reference": raw_r,
-                    "log2_fold_change": lfc,
-                    "difference": difference,
-                    "statistic": t,
-                    "pvalue": p,
-                }
-            )
-        )
-    results = pd.concat(rows, ignore_index=True)
-    results["pvalue_adj"] = stats.false_discovery_control(results["pvalue"].to_numpy(), method="bh")
-    results = results.sort_values(["pvalue", "condition", "factor"], kind="stable").reset_index(drop=True)
+    means, variance, dof, prior_dof = _linear_model(values, groups, order, moderated)
+    results = _comparisons(
+        usage, groups, means, variance, dof + prior_dof, order=order, reference=reference, per_condition=per_condition
+    )
     table = usage.copy()
     table.insert(0, "condition", pd.Categorical([str(c) for c in groups], categories=[str(c) for c in order]))
     table.index = table.index.astype(str)
@@ -220,6 +153,114 @@ def differential_factors(
     )
     log_added("uns", key_added)
     return adata if copy else None
+
+
+def _factor_proportions(adata: AnnData, condition_key: str, sample_key: str, key: str, transform: str) -> np.ndarray:
+    """The spots' factor proportions ``obsm[f"{key}_factors"]``, after checking the arguments that name columns."""
+    if transform not in _TRANSFORMS:
+        raise ValueError(f"`transform` must be one of {list(_TRANSFORMS)}, got {transform!r}.")
+    for name, column in (("condition_key", condition_key), ("sample_key", sample_key)):
+        if column not in adata.obs:
+            raise KeyError(f"No column {column!r} in `adata.obs` for `{name}` (columns: {list(adata.obs.columns)}).")
+    factors_key = f"{key}_factors"
+    if factors_key not in adata.obsm:
+        raise KeyError(
+            f"`adata.obsm[{factors_key!r}]` is missing: run `sd_inspire.tl.integrate` (or `tl.map_query`) first, or "
+            "pass the `key` its results were written under."
+        )
+    return np.asarray(adata.obsm[factors_key], dtype=np.float64)
+
+
+def _conditions(
+    column: pd.Series, condition_of: pd.Series, condition_key: str, sample_key: str, reference: str | None
+) -> tuple[list, pd.Series, str]:
+    """The conditions in order, the samples per condition and the reference; errors for what cannot be tested."""
+    conditions = list(pd.unique(condition_of.to_numpy()))
+    order = _condition_order(column, conditions)
+    if len(order) < 2:
+        raise ValueError(
+            f"`obs[{condition_key!r}]` holds one condition ({order[0]!r}): at least two are needed to compare."
+        )
+    per_condition = condition_of.value_counts()
+    few = {str(c): int(per_condition[c]) for c in order if per_condition[c] < 2}
+    if few:
+        raise ValueError(
+            f"Conditions with fewer than two samples (`obs[{sample_key!r}]`) cannot be tested, the samples being the "
+            f"replicates: {few}."
+        )
+    reference = order[0] if reference is None else reference
+    if reference not in order:
+        raise ValueError(f"`reference` {reference!r} is not a condition of `obs[{condition_key!r}]`: {order}.")
+    return order, per_condition, reference
+
+
+def _linear_model(
+    values: np.ndarray, groups: np.ndarray, order: list, moderated: bool
+) -> tuple[dict, np.ndarray, int, float]:
+    """One mean per condition and the residual variance of each factor (pooled, moderated on request).
+
+    Returns the means, the variances, the residual degrees of freedom and the prior's (0 without moderation).
+    """
+    means = {c: values[groups == c].mean(axis=0) for c in order}  # on the test's scale
+    residuals = values - np.vstack([means[c] for c in groups])
+    dof = values.shape[0] - len(order)
+    if dof < 1:
+        raise ValueError(
+            f"{values.shape[0]} samples in {len(order)} conditions leave no degree of freedom for the variance."
+        )
+    variance = (residuals**2).sum(axis=0) / dof
+    prior_dof, prior_variance = _variance_prior(variance, dof) if moderated else (0.0, 0.0)
+    if np.isinf(prior_dof):  # the factors' variances spread no more than sampling allows: the common one for all
+        variance = np.full_like(variance, prior_variance)
+    elif prior_dof > 0:  # empirical Bayes: each factor's variance drawn towards the factors' common one
+        variance = (prior_dof * prior_variance + dof * variance) / (prior_dof + dof)
+    return means, variance, dof, prior_dof
+
+
+def _comparisons(
+    usage: pd.DataFrame,
+    groups: np.ndarray,
+    means: dict,
+    variance: np.ndarray,
+    test_dof: float,
+    *,
+    order: list,
+    reference: str,
+    per_condition: pd.Series,
+) -> pd.DataFrame:
+    """Every condition against ``reference``, factor by factor: the ``results`` table, sorted by p-value."""
+    from scipy import stats
+
+    usages = {c: usage.to_numpy()[groups == c].mean(axis=0) for c in order}  # as proportions
+    names = list(usage.columns)
+    rows = []
+    for condition in (c for c in order if c != reference):
+        n_c, n_r = int(per_condition[condition]), int(per_condition[reference])
+        difference = means[condition] - means[reference]
+        se = np.sqrt(variance * (1.0 / n_c + 1.0 / n_r))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(se > 0, difference / se, np.where(difference == 0, 0.0, np.sign(difference) * np.inf))
+        p = 2.0 * (stats.norm.sf(np.abs(t)) if np.isinf(test_dof) else stats.t.sf(np.abs(t), test_dof))
+        raw_c, raw_r = usages[condition], usages[reference]
+        lfc = np.log2(np.maximum(raw_c, _MIN_USAGE) / np.maximum(raw_r, _MIN_USAGE))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "factor": names,
+                    "condition": str(condition),
+                    "reference": str(reference),
+                    "usage": raw_c,
+                    "usage_reference": raw_r,
+                    "log2_fold_change": lfc,
+                    "difference": difference,
+                    "statistic": t,
+                    "pvalue": p,
+                }
+            )
+        )
+    results = pd.concat(rows, ignore_index=True)
+    results["pvalue_adj"] = stats.false_discovery_control(results["pvalue"].to_numpy(), method="bh")
+    return results.sort_values(["pvalue", "condition", "factor"], kind="stable").reset_index(drop=True)
 
 
 def _sample_usage(

@@ -171,13 +171,7 @@ def domains(
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
     x = get_representation(adata, use_rep)
-    if log_ratio is None:
-        log_ratio = _is_proportions(x)
-    elif log_ratio and (x < 0).any():
-        raise ValueError(
-            f"`log_ratio=True` needs non-negative values, but `adata.obsm[{use_rep!r}]` has negative ones "
-            "(e.g. the latent space); pass proportions such as `use_rep='inspire_factors'`."
-        )
+    log_ratio = _use_log_ratio(x, log_ratio, use_rep)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
     for name, value in (("smooth", smooth), ("refine", refine)):
@@ -187,44 +181,15 @@ def domains(
                 "`sd_inspire.gr.spatial_neighbors`."
             )
     check_integer(n_domains, "n_domains", minimum=1, maximum=adata.n_obs, maximum_label="the number of spots")
-    if n_components is not None and method == "leiden":
-        raise ValueError("`n_components` is for `method='gmm'` or `'kmeans'`; Leiden does not merge clusters.")
-    n_components = check_integer(
-        n_components,
-        "n_components",
-        minimum=n_domains,
-        maximum=adata.n_obs,
-        minimum_label="`n_domains`",
-        maximum_label="the number of spots",
-        optional=True,
-        type_error=True,
-    )
-    if n_components is None:
-        n_components = n_domains
-    if log_ratio:
-        x = np.log(x + _CLR_PSEUDOCOUNT)
-        x -= x.mean(axis=1, keepdims=True)
-    if smooth:
-        from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, matmul_rows
-        from sd_inspire._graph import normalized_adjacency
-
-        a_mean = normalized_adjacency(adata.obsp[connectivity_key], normalization="mean")
-        for _ in range(smooth):
-            x = matmul_rows(a_mean, x, DEFAULT_CHUNK_SIZE).astype(np.float64)
+    n_components = _check_components(n_components, n_domains, method, adata.n_obs)
+    x = _features(x, log_ratio, smooth, adata.obsp[connectivity_key] if smooth else None)
     seed = derive_seed(rng)
 
-    extra: dict[str, float] = {}
     merged = f" ({n_components} clusters merged)" if n_components > n_domains else ""
     with timed(
         f"Clustering `obsm[{use_rep!r}]` ({x.shape[1]} dimensions) into {n_domains} domains with {method}{merged}"
     ):
-        if method == "gmm":
-            labels = _gmm(x, n_components, n_domains, seed, covariance_type, show_progress_bar)
-        elif method == "kmeans":
-            labels = _kmeans(x, n_components, n_domains, seed)
-        else:
-            labels, resolution = _leiden(x, n_domains, seed)
-            extra["resolution"] = resolution
+        labels, extra = _cluster(x, method, n_components, n_domains, seed, covariance_type, show_progress_bar)
         if refine:
             labels = _majority_vote(labels, adata.obsp[connectivity_key], refine)
         labels = _relabel_by_size(labels)
@@ -257,6 +222,68 @@ def domains(
         log_added("uns", key_added)
         log_added("uns", f"{key_added}_colors")
     return adata if copy else None
+
+
+def _use_log_ratio(x: np.ndarray, log_ratio: bool | None, use_rep: str) -> bool:
+    """Whether to cluster the centred log-ratios of ``x``: by default when its rows are proportions."""
+    if log_ratio is None:
+        return _is_proportions(x)
+    if log_ratio and (x < 0).any():
+        raise ValueError(
+            f"`log_ratio=True` needs non-negative values, but `adata.obsm[{use_rep!r}]` has negative ones "
+            "(e.g. the latent space); pass proportions such as `use_rep='inspire_factors'`."
+        )
+    return log_ratio
+
+
+def _check_components(n_components: int | None, n_domains: int, method: str, n_obs: int) -> int:
+    """The number of clusters to fit before merging them into ``n_domains`` (``n_domains`` by default)."""
+    if n_components is not None and method == "leiden":
+        raise ValueError("`n_components` is for `method='gmm'` or `'kmeans'`; Leiden does not merge clusters.")
+    n_components = check_integer(
+        n_components,
+        "n_components",
+        minimum=n_domains,
+        maximum=n_obs,
+        minimum_label="`n_domains`",
+        maximum_label="the number of spots",
+        optional=True,
+        type_error=True,
+    )
+    return n_domains if n_components is None else n_components
+
+
+def _features(x: np.ndarray, log_ratio: bool, smooth: int, graph: sparse.spmatrix | None) -> np.ndarray:
+    """What is clustered: ``x`` or its centred log-ratios, averaged ``smooth`` times over the neighbours in ``graph``."""
+    if log_ratio:
+        x = np.log(x + _CLR_PSEUDOCOUNT)
+        x -= x.mean(axis=1, keepdims=True)
+    if smooth:
+        from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, matmul_rows
+        from sd_inspire._graph import normalized_adjacency
+
+        a_mean = normalized_adjacency(graph, normalization="mean")
+        for _ in range(smooth):
+            x = matmul_rows(a_mean, x, DEFAULT_CHUNK_SIZE).astype(np.float64)
+    return x
+
+
+def _cluster(
+    x: np.ndarray,
+    method: str,
+    n_components: int,
+    n_domains: int,
+    seed: int,
+    covariance_type: str,
+    show_progress_bar: bool,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Cluster labels of the rows of ``x`` by ``method``, and what the method found besides (Leiden's resolution)."""
+    if method == "gmm":
+        return _gmm(x, n_components, n_domains, seed, covariance_type, show_progress_bar), {}
+    if method == "kmeans":
+        return _kmeans(x, n_components, n_domains, seed), {}
+    labels, resolution = _leiden(x, n_domains, seed)
+    return labels, {"resolution": resolution}
 
 
 def _is_proportions(x: np.ndarray) -> bool:

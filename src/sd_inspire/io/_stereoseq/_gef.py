@@ -10,7 +10,7 @@ from sd_inspire._constants import StereoseqFile
 from sd_inspire._logging import logger
 from sd_inspire.io._stereoseq._binning import _bin_keys, _bin_table, _SumByKey
 from sd_inspire.io._stereoseq._files import _FORMATS
-from sd_inspire.io._stereoseq._output import _build
+from sd_inspire.io._stereoseq._output import _Parsed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import h5py
     import pandas as pd
-    from spatialdata import SpatialData
 
 # Tuning of the streaming (module constants so that tests can shrink them and cross chunk boundaries).
 _GEF_CHUNK = 1 << 22  # rows of a GEF dataset read at a time
@@ -97,7 +96,7 @@ def _attrs(attrs: h5py.AttributeManager) -> dict[str, object]:
     return out
 
 
-def _read_square_gef(f: h5py.File, file: Path, bin_size: int, dataset_id: str, gene_key: str) -> SpatialData:
+def _read_square_gef(f: h5py.File, file: Path, bin_size: int, gene_key: str) -> _Parsed:
     S = StereoseqFile
     _require(f[S.GENE_EXP], (S.BIN1,), file)
     level = f[S.GENE_EXP][S.BIN1]
@@ -131,22 +130,10 @@ def _read_square_gef(f: h5py.File, file: Path, bin_size: int, dataset_id: str, g
         sums.add(_bin_keys(rows[S.X], rows[S.Y], gene_of_row, bin_size, file), counts)
     logger.info("Read %d GEF rows, %d genes, %d counts", n_rows, len(names), sums.total)
     counts, obs_names, centres = _bin_table(sums, len(names), bin_size)
-    return _build(
-        counts,
-        obs_names=obs_names,
-        var_names=names,
-        coords=centres,
-        dataset_id=dataset_id,
-        file=file,
-        bin_size=bin_size,
-        var=var,
-        file_format=_FORMATS["gef"],
-        gene_key=key,
-        metadata=_attrs(f.attrs),
-    )
+    return _Parsed(counts, obs_names, names, centres, var, _FORMATS["gef"], key, _attrs(f.attrs), bin_size)
 
 
-def _read_cellbin_gef(f: h5py.File, file: Path, dataset_id: str, gene_key: str) -> SpatialData:
+def _read_cellbin_gef(f: h5py.File, file: Path, gene_key: str) -> _Parsed:
     import pandas as pd
     from scipy import sparse
 
@@ -193,20 +180,8 @@ def _read_cellbin_gef(f: h5py.File, file: Path, dataset_id: str, gene_key: str) 
             logger.info("%d cells have fewer than 3 border points: drawn as 1-DNB squares", n_without)
     else:
         logger.info("No %s in %s: cells drawn as circles", S.CELL_BORDER, file)
-    return _build(
-        counts,
-        obs_names=obs_names,
-        var_names=names,
-        coords=centres,
-        dataset_id=dataset_id,
-        file=file,
-        bin_size=None,
-        var=var,
-        obs=obs,
-        polygons=polygons,
-        file_format=_FORMATS["cellbin"],
-        gene_key=key,
-        metadata=_attrs(f.attrs),
+    return _Parsed(
+        counts, obs_names, names, centres, var, _FORMATS["cellbin"], key, _attrs(f.attrs), None, obs, polygons
     )
 
 

@@ -13,7 +13,7 @@ from sd_inspire._constants import StereoseqFile
 from sd_inspire._logging import logger
 from sd_inspire.io._stereoseq._binning import _GENE_BITS, _bin_keys, _bin_table, _SumByKey
 from sd_inspire.io._stereoseq._files import _FORMATS
-from sd_inspire.io._stereoseq._output import _build
+from sd_inspire.io._stereoseq._output import _Parsed
 from sd_inspire.io._utils import is_gzipped
 
 if TYPE_CHECKING:
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from typing import IO
 
     import pyarrow as pa
-    from spatialdata import SpatialData
 
 # Tuning of the streaming (module constants so that tests can shrink them and cross chunk boundaries).
 _BLOCK_SIZE = 1 << 20  # bytes of GEM text per batch (~45,000 lines); pyarrow holds ~40 blocks at a time
@@ -133,9 +132,7 @@ class _GeneCodes:
         return self.known.to_pylist()
 
 
-def _read_gem(
-    file: Path, bin_size: int, dataset_id: str, gene_key: str, show_progress_bar: bool = False
-) -> SpatialData:
+def _read_gem(file: Path, bin_size: int, gene_key: str, show_progress_bar: bool = False) -> _Parsed:
     import pandas as pd
     import pyarrow as pa
     from pyarrow import csv
@@ -195,19 +192,7 @@ def _read_gem(
     logger.info("Read %d GEM lines, %d genes, %d counts", rows, len(genes), sums.total)
     counts, names, centres = _bin_table(sums, len(genes), bin_size)
     var = pd.DataFrame({str(layout.other_gene): genes.other}) if layout.other_gene is not None else None
-    return _build(
-        counts,
-        obs_names=names,
-        var_names=genes.names(),
-        coords=centres,
-        dataset_id=dataset_id,
-        file=file,
-        bin_size=bin_size,
-        var=var,
-        file_format=_FORMATS["gem"],
-        gene_key=layout.gene,
-        metadata=layout.metadata,
-    )
+    return _Parsed(counts, names, genes.names(), centres, var, _FORMATS["gem"], layout.gene, layout.metadata, bin_size)
 
 
 def _gem_error(file: Path, layout: _GemLayout, rows_ok: int, problem: str) -> ValueError:

@@ -12,6 +12,7 @@ from sd_inspire._validate import check_integer
 from sd_inspire.io._stereoseq._files import _FORMATS, _resolve
 from sd_inspire.io._stereoseq._gef import _open_h5, _read_cellbin_gef, _read_square_gef
 from sd_inspire.io._stereoseq._gem import _read_gem
+from sd_inspire.io._stereoseq._output import _build
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -101,18 +102,19 @@ def stereoseq(
         dataset_id = re.sub(r"[^A-Za-z0-9_-]", "_", file.name.split(".")[0]) or Technology.STEREOSEQ.value
     with timed(f"Reading Stereo-seq {_FORMATS[kind]} {file}"):
         if kind == "gem":
-            sdata = _read_gem(file, bin_size, dataset_id, gene_key, show_progress_bar)
+            parsed = _read_gem(file, bin_size, gene_key, show_progress_bar)
         else:
             with _open_h5(file) as f:
                 if StereoseqFile.CELL_BIN in f:
-                    sdata = _read_cellbin_gef(f, file, dataset_id, gene_key)
+                    parsed = _read_cellbin_gef(f, file, gene_key)
                 elif StereoseqFile.GENE_EXP in f:
-                    sdata = _read_square_gef(f, file, bin_size, dataset_id, gene_key)
+                    parsed = _read_square_gef(f, file, bin_size, gene_key)
                 else:
                     raise ValueError(
                         f"{file}: not a Stereo-seq GEF: no '{StereoseqFile.GENE_EXP}' or '{StereoseqFile.CELL_BIN}' "
                         f"group; found {sorted(f)}."
                     )
+        sdata = _build(parsed, dataset_id=dataset_id, file=file)
     table = sdata.tables[Key.TABLE]
     logger.info("Stereo-seq %r: %d observations x %d genes", dataset_id, table.n_obs, table.n_vars)
     return sdata
