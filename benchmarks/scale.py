@@ -106,7 +106,7 @@ def _instrument(meter: Meter) -> None:
     from sd_inspire.model._trainer import Trainer
     from sd_inspire.tl import _integrate
 
-    prepare, fit, write_results = _model.prepare, Trainer.fit, _integrate.write_results
+    prepare, fit, write_results = _model.prepare, Trainer.fit, _integrate._write_results
 
     def timed_prepare(*args, **kwargs):
         with meter.stage("integrate: prepare"):
@@ -122,7 +122,7 @@ def _instrument(meter: Meter) -> None:
         with meter.stage("integrate: write-back"):
             return write_results(*args, **kwargs)
 
-    _model.prepare, Trainer.fit, _integrate.write_results = timed_prepare, timed_fit, timed_write_results
+    _model.prepare, Trainer.fit, _integrate._write_results = timed_prepare, timed_fit, timed_write_results
 
 
 # ---------------------------------------------------------------------------------------------- one size

@@ -243,7 +243,7 @@ def integrate(
             members.append(_outputs(model, uncertainty=uncertainty))
             converged.append(model.convergence["converged"])
             first = first or model  # metadata, history and the process group come from the first member
-        write_results(adata, first, key_added, combine(members))
+        _write_results(adata, first, key_added, combine(members))
         adata.uns[key_added]["converged"] = all(converged)
         if model_dir is not None:
             adata.uns[key_added]["model_dir"] = str(Path(model_dir).resolve())
@@ -253,10 +253,8 @@ def integrate(
     return adata if copy else None
 
 
-def write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble | None = None) -> None:
-    """Write a trained model's (or an ensemble's) latent space, factors, loadings and metadata into ``adata``."""
-    if ensemble is None:
-        ensemble = combine([_outputs(model)])
+def _write_results(adata: AnnData, model: Any, key_added: str, ensemble: Ensemble) -> None:
+    """Write the outputs of a trained model (``ensemble``: one member or several) and its metadata into ``adata``."""
     genes = pd.Index(model.genes)
     in_model = adata.var_names.isin(genes)
     loadings = np.zeros((adata.n_vars, ensemble.factors.shape[1]), dtype=np.float32)

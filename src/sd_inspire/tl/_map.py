@@ -14,8 +14,8 @@ from sd_inspire.tl._integrate import (
     _check_qc_keeps_rows,
     _check_writable,
     _outputs,
+    _write_results,
     combine,
-    write_results,
 )
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def map_query(
             match_input_scale=match_input_scale,
         )
         query.train(max_steps=max_steps, batch_size=batch_size, show_progress_bar=show_progress_bar)
-        write_results(adata, query, key_added, combine([_outputs(query, uncertainty=uncertainty)]))
+        _write_results(adata, query, key_added, combine([_outputs(query, uncertainty=uncertainty)]))
         if not copy and is_spatialdata(data):
             add_factor_table(data, adata, key_added, table_key)
     return adata if copy else None
