@@ -183,9 +183,9 @@ def split(
     the spatial elements that belong to it: those its rows annotate, the element named after the slice and those
     whose names start with ``"{slice}_"`` (as :func:`concat` names them). A table of a single slice keeps every
     element. Spatial elements are shared with ``sdata``, not copied, and keep their names and coordinate systems;
-    other tables are left out. Each slice's table keeps every gene of the table, with ``varm``: zeros where the
-    slice did not measure a gene, which ``varm["measured"]`` of :func:`concat` tells. The slices can be combined
-    again, with other slices, by :func:`concat`. ``sdata`` is not modified.
+    other tables are left out. Each slice's table keeps the genes its slice measured (``varm["measured"]`` of
+    :func:`concat`; every gene of the table without it), so a targeted panel stays a panel when the slices are
+    combined again, with other slices, by :func:`concat`. ``sdata`` is not modified.
 
     Parameters
     ----------
@@ -247,6 +247,9 @@ def split(
     for slice_name in pd.unique(slice_of):
         rows = (slice_of == slice_name).to_numpy()
         part = table[rows].copy() if not rows.all() else table.copy()
+        genes = _measured_by(table, slice_name)
+        if genes is not None and not genes.all():  # a panel: only its genes, so that concat sees what it measured
+            part = part[:, genes].copy()
         regions = [str(r) for r in pd.unique(part.obs[region_key].astype(str))]
         part.obs[region_key] = pd.Categorical(part.obs[region_key].astype(str), categories=regions)
         part.uns.pop(TableModel.ATTRS_KEY, None)
@@ -259,6 +262,14 @@ def split(
             )
         out[slice_name] = SpatialData(**elements, tables={Key.TABLE: part})
     return out
+
+
+def _measured_by(table: AnnData, slice_name: str) -> np.ndarray | None:
+    """The genes slice ``slice_name`` measured, from ``varm["measured"]`` of :func:`concat` (``None`` without it)."""
+    measured = table.varm.get(Key.MEASURED)
+    if not isinstance(measured, pd.DataFrame) or slice_name not in measured.columns:
+        return None
+    return measured[slice_name].to_numpy(dtype=bool)
 
 
 def _elements(sdata: SpatialData, keep: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
