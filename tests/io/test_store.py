@@ -169,6 +169,28 @@ def test_impute_writes_its_layer_into_the_store(tmp_path):
     assert back.var["inspire_imputed"].sum() > 0
 
 
+def test_domains_and_label_transfer_write_into_the_store(tmp_path):
+    """Like tl.integrate and tl.impute, tools that add columns to a store-backed table write them through."""
+    path = tmp_path / "d.zarr"
+    si.io.write_zarr(si.datasets.simulate(2, n_spots=150, n_genes=80, random_state=0), path)
+    backed = si.io.read_zarr(path)
+    si.tl.integrate(backed, **FAST)
+    si.tl.domains(backed, n_domains=3, show_progress_bar=False)
+    si.tl.transfer_labels(backed, backed, key="domain", key_added="domain_again")
+    back = spatialdata.read_zarr(path)["table"]
+    assert back.obs["inspire_domain"].tolist() == backed["table"].obs["inspire_domain"].tolist()
+    assert "inspire_domain_colors" in back.uns
+    assert back.obs["domain_again"].tolist() == backed["table"].obs["domain_again"].tolist()
+    assert back.n_obs == 300  # the rest of the table kept
+    assert "counts" in back.layers
+    # spots removed after reading: refused before any work, the store left whole
+    backed_again = si.io.read_zarr(path)
+    backed_again.tables["table"] = backed_again["table"][:200].copy()
+    with pytest.raises(ValueError, match="rows"):
+        si.tl.domains(backed_again, n_domains=3, show_progress_bar=False)
+    assert spatialdata.read_zarr(path)["table"].n_obs == 300
+
+
 # --- io.write_zarr: a new store, all at once --------------------------------------------------------------------------
 
 

@@ -13,14 +13,24 @@ import pandas as pd
 
 from sd_inspire._constants import Key
 from sd_inspire._logging import log_added
-from sd_inspire._utils import factor_label, table_name
-from sd_inspire.io._store import write_elements
+from sd_inspire._utils import factor_label, is_spatialdata, table_name
+from sd_inspire.io._store import check_rows_on_disk, write_elements
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
     from spatialdata import SpatialData
+
+
+def check_table_matches_store(sdata: SpatialData | AnnData, adata: AnnData, table_key: str | None) -> None:
+    """Before a tool computes on a table of a SpatialData backed by a zarr store: refuse if its rows changed.
+
+    Writing the results back would otherwise delete the rows of spots removed since reading (raw counts included).
+    Nothing is checked for an AnnData or a SpatialData without a store.
+    """
+    if is_spatialdata(sdata) and sdata.path is not None:
+        check_rows_on_disk(sdata, table_name(sdata, adata, table_key))
 
 
 def write_table_into_store(

@@ -15,10 +15,12 @@ from sd_inspire._utils import (
     derive_seed,
     get_representation,
     get_table,
+    is_spatialdata,
     maybe_copy,
     random_generator,
 )
 from sd_inspire._validate import check_integer
+from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -170,6 +172,8 @@ def domains(
     n_domains = check_integer(n_domains, "n_domains", type_error=True)
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)
+    if not copy:
+        check_table_matches_store(data, adata, table_key)  # before the work, not after it
     x = get_representation(adata, use_rep)
     log_ratio = _use_log_ratio(x, log_ratio, use_rep)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
@@ -221,6 +225,8 @@ def domains(
         log_added("obs", key_added)
         log_added("uns", key_added)
         log_added("uns", f"{key_added}_colors")
+    if not copy and is_spatialdata(data):
+        write_table_into_store(data, adata, table_key)  # a store-backed SpatialData keeps the result
     return adata if copy else None
 
 

@@ -10,8 +10,9 @@ import pandas as pd
 from sd_inspire._chunks import DEFAULT_CHUNK_SIZE
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger
-from sd_inspire._utils import get_representation, get_table, maybe_copy
+from sd_inspire._utils import get_representation, get_table, is_spatialdata, maybe_copy
 from sd_inspire._validate import check_integer, check_number
+from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 from sd_inspire.tl._impute import latent_weights
 from sd_inspire.tl.metrics import _missing
 
@@ -109,6 +110,8 @@ def transfer_labels(
             raise ValueError(f"`min_confidence` must be at most 1, got {min_confidence}.")
     ref = get_table(reference, reference_table_key)
     adata = maybe_copy(get_table(data, table_key), copy)
+    if not copy:
+        check_table_matches_store(data, adata, table_key)  # before the work, not after it
     key_added = key_added or f"{key}_transferred"
     if key not in ref.obs:
         raise KeyError(f"No column {key!r} in the reference's `obs` (columns: {list(ref.obs.columns)}).")
@@ -158,4 +161,6 @@ def transfer_labels(
     log_added("obs", key_added)
     log_added("obs", f"{key_added}_confidence")
     log_added("uns", key_added)
+    if not copy and is_spatialdata(data):
+        write_table_into_store(data, adata, table_key)  # a store-backed SpatialData keeps the result
     return adata if copy else None
