@@ -312,6 +312,7 @@ class InspireModel:
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
         self.train_params = {**run, "batch_size": batch_size}
         self.is_trained = True
+        del trainer  # its minibatch buffers (counts read from disk) are not needed by the final fit
         if self.mapped_onto is None and weights.poisson > 0:
             self._fit_count_model(config, weights, show_progress_bar=show_progress_bar)
         self._warn_unless_converged()
