@@ -84,12 +84,16 @@ def average_gradients(parameters: list[torch.nn.Parameter], size: int) -> None:
         offset += g.numel()
 
 
-def mean_over_ranks(value: float, size: int, device: torch.device) -> float:
-    """Mean of a number over the ranks (reduced on ``device``: nccl reduces only GPU tensors)."""
+def mean_over_ranks(value: float | list[float], size: int, device: torch.device) -> float | list[float]:
+    """Mean over the ranks of a number, or of each number of a list, in one all-reduce on ``device``.
+
+    The tensor lives on the training device: nccl reduces only GPU tensors.
+    """
     if size <= 1:
         return value
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor(value if isinstance(value, list) else [value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / size
+    means = [float(v) / size for v in t.tolist()]
+    return means if isinstance(value, list) else means[0]

@@ -720,15 +720,14 @@ class InspireModel:
         ref = reference if isinstance(reference, InspireModel) else cls.load(reference, device=device)
         ref._require_trained()
         data = ref._query_data(adata, slice_key=slice_key, match_input_scale=match_input_scale)
-        model = cls.__new__(cls)
-        model.data = data
-        model.params = {**ref.params, "slice_key": slice_key}
-        model.random_state = random_state
-        model.seed = derive_seed(random_generator(random_state))
-        model.device = _device(device)
-        model.world = World()
-        model.history, model.is_trained = {}, False
-        model.mapped_onto = {"reference_id": ref.reference_id, "slices": ref.slice_names}
+        model = cls._bare(
+            data=data,
+            params={**ref.params, "slice_key": slice_key},
+            random_state=random_state,
+            seed=derive_seed(random_generator(random_state)),
+            device=device,
+            mapped_onto={"reference_id": ref.reference_id, "slices": ref.slice_names},
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(model.seed)
             model.module = ref._query_module(model.params, data)
@@ -846,6 +845,26 @@ class InspireModel:
         module.train(was_training)
 
     @classmethod
+    def _bare(
+        cls,
+        *,
+        data: ModelData | None,
+        params: dict[str, Any],
+        random_state: int | None,
+        seed: int,
+        device: str | torch.device,
+        mapped_onto: dict[str, Any] | None,
+    ) -> InspireModel:
+        """A model's state without its network (the caller builds ``module``): untrained, one process."""
+        model = cls.__new__(cls)
+        model.data, model.params = data, params
+        model.random_state, model.seed = random_state, seed
+        model.device, model.world = _device(device), World()
+        model.history, model.is_trained = {}, False
+        model.mapped_onto = mapped_onto
+        return model
+
+    @classmethod
     def _detached(cls, folder: Path, meta: dict[str, Any], device: str | torch.device) -> InspireModel:
         """A model set up from its saved metadata alone (no data); the weights are loaded by the caller."""
         reference = meta.get("reference")
@@ -869,15 +888,16 @@ class InspireModel:
                 axes = np.load(folder / _REDUCTION_FILE, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise ValueError(f"{folder / _REDUCTION_FILE}: not a readable input reduction ({e}).") from None
-        model = cls.__new__(cls)
-        model.data = None
-        model.params = dict(meta["params"])
-        model.random_state, model.seed = meta["random_state"], int(meta["seed"])
-        model.device = _device(device)
+        model = cls._bare(
+            data=None,
+            params=dict(meta["params"]),
+            random_state=meta["random_state"],
+            seed=int(meta["seed"]),
+            device=device,
+            mapped_onto=meta.get("mapped_onto"),
+        )
         model._genes, model._slice_names, model._axes = genes, slices, axes
         model._reference = {**reference, "mask": mask.astype(int).tolist()}
-        model.world = World()
-        model.mapped_onto = meta.get("mapped_onto")
         anchor = _placeholder_anchor(model.params, int(reference["n_input"]), int(reference["n_base"]))
         model.module = _build_module(
             model.params, int(reference["n_input"]), int(reference["n_base"]), len(genes), len(slices), anchor

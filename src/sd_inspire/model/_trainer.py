@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from scipy import sparse
 
     from sd_inspire.model._module import InspireModule, LossWeights
+    from sd_inspire.model._sampler import StratifiedSampler
     from sd_inspire.model._setup import ModelData
 
 
@@ -83,18 +84,15 @@ def refit_count_model(
 
     params = module.count_parameters()
     opt = torch.optim.Adam(params, lr=lr, fused=True)
-    per_rank = max(1, -(-per_slice // world.size))
-    sampler = make_sampler(data.counts, data.slices, per_rank, rng, (world.rank, world.size), data.slice_names)
+    sampler = rank_sampler(data, per_slice, rng, world)
     mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
     deviance: list[float] = []
     module.train()
     for step in tqdm(range(n_steps), disable=not (show_progress_bar and world.is_main), desc="fitting factors"):
         idx, counts = sampler.next_batch()
-        s = torch.as_tensor(data.slices[idx], device=device)
-        beta = module.factors(torch.as_tensor(latent[idx], device=device), s)
-        library = torch.as_tensor(data.library[idx], device=device)
-        saturated = torch.as_tensor(data.saturated[idx], device=device)
-        terms = module.count_terms(beta, torch.tensor(counts.toarray(), device=device), library, s, mask, saturated)
+        b = count_batch(data, idx, counts, device)
+        beta = module.factors(torch.as_tensor(latent[idx], device=device), b["s"])
+        terms = module.count_terms(beta, b["counts"], b["library"], b["s"], mask, b["saturated"])
         loss = sum(getattr(weights, k) * v for k, v in terms.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -105,8 +103,25 @@ def refit_count_model(
         loss.backward()
         average_gradients(params, world.size)
         opt.step()
-        deviance.append(mean_over_ranks(float(terms["poisson"].detach()), world.size, device))
-    return deviance
+        deviance.append(float(terms["poisson"].detach()))
+    return mean_over_ranks(deviance, world.size, device)  # one reduction for the whole curve, not one per step
+
+
+def rank_sampler(data: ModelData, per_slice: int, rng: np.random.Generator, world: World) -> StratifiedSampler:
+    """The minibatches of the current rank: its share of ``per_slice`` spots per slice, from its own shard of each."""
+    per_rank = max(1, -(-per_slice // world.size))
+    return make_sampler(data.counts, data.slices, per_rank, rng, (world.rank, world.size), data.slice_names)
+
+
+def count_batch(data: ModelData, idx: np.ndarray, counts: sparse.csr_matrix, device: torch.device) -> dict:
+    """What the count model reads for spots ``idx``: slice codes ``s``, dense ``counts``, ``library``, ``saturated``."""
+    return {
+        "s": torch.as_tensor(data.slices[idx], device=device),
+        # a copy in torch's own (aligned) memory: SIMD reductions then sum in the same order on every run
+        "counts": torch.tensor(counts.toarray(), device=device),
+        "library": torch.as_tensor(data.library[idx], device=device),
+        "saturated": torch.as_tensor(data.saturated[idx], device=device),
+    }
 
 
 def _fresh_early_stop() -> dict:
@@ -153,10 +168,7 @@ class Trainer:
         self.world = world or World()
         self.opt = torch.optim.Adam(module.generative_parameters(), lr=config.lr, fused=True)
         self.opt_disc = torch.optim.Adam(module.discriminator.parameters(), lr=config.lr, fused=True)
-        # data-parallel: each rank draws its share of every minibatch from its own shard of every slice
-        per_rank = max(1, -(-config.per_slice // self.world.size))
-        shard = (self.world.rank, self.world.size)
-        self.sampler = make_sampler(data.counts, data.slices, per_rank, rng, shard, data.slice_names)
+        self.sampler = rank_sampler(data, config.per_slice, rng, self.world)
         self.step = 0
         self.history: dict[str, list[float]] = {}
         self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
@@ -169,15 +181,9 @@ class Trainer:
     # -- batches
     def batch(self, idx: np.ndarray, counts: sparse.csr_matrix) -> dict:
         """Tensors of one minibatch (only its rows of the counts are densified)."""
-        d, dev = self.data, self.device
-        s = torch.as_tensor(d.slices[idx], device=dev)
         out = {
-            "h_seed": self._features[torch.as_tensor(idx, device=dev)],
-            # a copy in torch's own (aligned) memory: SIMD reductions then sum in the same order on every run
-            "counts": torch.tensor(counts.toarray(), device=dev),
-            "library": torch.as_tensor(d.library[idx], device=dev),
-            "saturated": torch.as_tensor(d.saturated[idx], device=dev),
-            "s": s,
+            "h_seed": self._features[torch.as_tensor(idx, device=self.device)],
+            **count_batch(self.data, idx, counts, self.device),
             "mask": self._mask,
         }
         out["h_geometry"] = out["h_seed"][:, self._geometry_columns]

@@ -21,11 +21,9 @@ from sd_inspire._utils import (
     is_spatialdata,
     maybe_copy,
     measured_mask,
-    table_name,
 )
 from sd_inspire._validate import check_integer
-from sd_inspire.io._store import check_rows_on_disk
-from sd_inspire.io._write import write_table_into_store
+from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 from sd_inspire.model import expected_shares, slice_programs
 
 if TYPE_CHECKING:
@@ -148,8 +146,8 @@ def impute(
     smooth = check_integer(smooth, "smooth", minimum=0)
     chunk_size = check_integer(chunk_size, "chunk_size", minimum=1)
     adata = maybe_copy(get_table(data, table_key), copy)
-    if not copy and is_spatialdata(data) and data.path is not None:
-        check_rows_on_disk(data, table_name(data, adata, table_key))  # before the work, not after it
+    if not copy:
+        check_table_matches_store(data, adata, table_key)  # before the work, not after it
     slices = get_slices(adata, slice_key)
     codes = slices.cat.codes.to_numpy()
     names = [str(c) for c in slices.cat.categories]

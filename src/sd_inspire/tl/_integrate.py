@@ -14,8 +14,7 @@ from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import SEED_BOUND, get_slices, get_table, is_spatialdata, table_name, values_are_counts
 from sd_inspire._validate import check_integer
-from sd_inspire.io._store import check_rows_on_disk
-from sd_inspire.io._write import add_factor_table
+from sd_inspire.io._write import add_factor_table, check_table_matches_store
 from sd_inspire.tl._ensemble import Member, combine
 from sd_inspire.tl.metrics import redundant_factors
 
@@ -211,7 +210,7 @@ def integrate(
         spatial_neighbors(adata, slice_key=slice_key)
 
     if into_store:
-        check_rows_on_disk(data, table_name(data, adata, table_key))  # before training, not after it
+        check_table_matches_store(data, adata, table_key)  # before training, not after it
     with timed(f"Integrating {adata.n_obs} spots in {len(slices.cat.categories)} slices"):
         members, first, converged = [], None, []
         for seed in _member_seeds(random_state, n_models):

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._logging import logger, timed
-from sd_inspire._utils import get_slices, get_table, is_spatialdata, table_name, values_are_counts
-from sd_inspire.io._store import check_rows_on_disk
-from sd_inspire.io._write import add_factor_table
+from sd_inspire._utils import get_slices, get_table, is_spatialdata, values_are_counts
+from sd_inspire.io._write import add_factor_table, check_table_matches_store
 from sd_inspire.tl._integrate import (
     _check_qc_keeps_rows,
     _check_writable,
@@ -132,7 +131,7 @@ def map_query(
         logger.info("No spatial graph found: running `sd_inspire.gr.spatial_neighbors` with its defaults")
         spatial_neighbors(adata, slice_key=slice_key)
     if into_store:
-        check_rows_on_disk(data, table_name(data, adata, table_key))
+        check_table_matches_store(data, adata, table_key)  # before the work, not after it
     with timed(f"Mapping {adata.n_obs} spots onto reference {model.reference_id}"):
         query = InspireModel.load_query_data(
             adata,
