@@ -250,6 +250,40 @@ def test_pearson_pca_matches_scanpy_residuals_and_scikit_learn():
         np.testing.assert_allclose(y[codes == k].mean(axis=0), 0.0, atol=1e-4)
 
 
+def test_pearson_pca_one_pass_equals_two_passes_whatever_the_row_order(monkeypatch):
+    """The per-slice Gram matrices (one pass) give the two-pass result, with slices contiguous or interleaved."""
+    from scipy import sparse
+
+    from sd_inspire.model import _features
+    from sd_inspire.model._features import library_and_saturated, pearson_pca, residual_standardisation
+
+    rng = np.random.default_rng(1)
+    codes = np.repeat([0, 1, 2], [80, 60, 100])
+    depth = rng.lognormal(0.0, 0.5, codes.size)[:, None] * np.array([1.0, 2.0, 0.7])[codes][:, None]
+    dense = rng.poisson(depth * rng.gamma(1.0, 2.0, 15)).astype(np.float32)
+    columns = np.array([0, 2, 3, 4, 7, 9, 10, 14])
+    results = {}
+    for order in ("contiguous", "interleaved"):
+        rows = np.arange(codes.size) if order == "contiguous" else rng.permutation(codes.size)
+        counts, c = sparse.csr_matrix(dense[rows]), codes[rows]
+        _, _, totals = library_and_saturated(counts, 50, c, 3)
+        one = pearson_pca(counts, totals, c, columns, 3, chunk_size=23)
+        with monkeypatch.context() as m:
+            m.setattr(_features, "SLICE_GRAM_BYTES", 0)  # too little memory for the slices' Gram matrices
+            two = pearson_pca(counts, totals, c, columns, 3, chunk_size=23)
+        for a, b in zip(one, two, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        back = np.empty_like(rows)
+        back[rows] = np.arange(rows.size)
+        results[order] = one[0][back]  # in the original row order
+        # the query's standardisation (moments only) is the one the projections used
+        args, _ = residual_standardisation(counts, totals, c, columns, 23, _features.PEARSON_THETA)
+        np.testing.assert_allclose(
+            _features.residual_projection(counts, c, args, one[2].astype(np.float64), 23), one[0], atol=1e-5
+        )
+    np.testing.assert_allclose(results["contiguous"], results["interleaved"], atol=1e-5)
+
+
 def test_features_pearson_leave_out_depth_lognorm_keep_it():
     """Reductions of Pearson residuals carry less of the spot depth than those of log-normalised values."""
     from sklearn.linear_model import LinearRegression

@@ -17,6 +17,10 @@ from sd_inspire._graph import normalized_adjacency
 #: Rows densified at once to accumulate the Gram matrix of the large-data PCA.
 _GRAM_CHUNK = 4096
 
+#: Memory allowed for the residual Gram matrices of all slices at once (``p x p`` float64 each), for the PCA of
+#: the Pearson residuals in one pass; beyond it, two passes.
+SLICE_GRAM_BYTES = 1 << 30
+
 #: Largest matrix (spots x genes) whose log-normalised PCA runs dense (randomised SVD); beyond it, row blocks.
 DENSE_PCA_MAX_ENTRIES = 50_000_000
 
@@ -91,16 +95,22 @@ def pearson_pca(
     sequencing depth. A gene's residuals scale with ``sqrt(μ)``, so a slice-specific gene effect (or depth) would
     change their size from slice to slice: each gene is centred and scaled to unit variance within each slice (a
     gene constant in a slice is 0 there). The axes are the exact top eigenvectors of the pooled within-slice
-    covariance, accumulated over dense row chunks (three passes: moments, covariance, projections; memory ``p²``
-    plus one chunk), so the result depends neither on the chunking nor on a random start. Returns the projections,
-    the variance of the first axis and the axes (genes x components).
+    covariance, accumulated over dense row chunks, so the result depends neither on the chunking nor on a random
+    start. Two passes over the counts: each slice's residual sums and Gram matrix (one ``p x p`` per slice whose
+    rows are being read; standardising a slice's Gram needs only its own moments), then the projections. Where the
+    slices' Gram matrices could exceed :data:`SLICE_GRAM_BYTES` (many slices with interleaved rows and a wide
+    panel), the moments and the covariance take a pass each. Returns the projections, the variance of the first
+    axis and the axes (genes x components).
     """
     n_slices = gene_totals.shape[0]
-    args, step = residual_standardisation(counts, gene_totals, codes, columns, chunk_size, theta)
     p = columns.size
-    gram = np.zeros((p, p))
-    for _, _, block_gram in map_row_blocks(counts, _block_residual_gram, rows=(codes,), args=args, chunk_size=step):
-        gram += block_gram
+    if n_slices * p * p * 8 <= SLICE_GRAM_BYTES:
+        args, step, gram = _residual_statistics(counts, gene_totals, codes, columns, chunk_size, theta, True)
+    else:
+        args, step, _ = _residual_statistics(counts, gene_totals, codes, columns, chunk_size, theta, False)
+        gram = np.zeros((p, p))
+        for _, _, block_gram in map_row_blocks(counts, _block_residual_gram, rows=(codes,), args=args, chunk_size=step):
+            gram += block_gram
     cov = gram / max(codes.size - n_slices, 1)
     values, vectors = _top_axes(cov, n_comp)
     y = residual_projection(counts, codes, args, vectors, step)
@@ -112,26 +122,62 @@ def residual_standardisation(
 ) -> tuple[tuple, int]:
     """What standardises the Pearson residuals of ``counts[:, columns]`` within each slice (one pass: moments).
 
-    Returns the ``args`` of :func:`_standardised_residuals` (the residuals' own, then each slice's means and
+    Returns the ``args`` of :func:`_residuals` (the residuals' own, then each slice's means and
     inverse standard deviations per gene) and the rows per block (residuals are dense: a few copies of ``step x p``
     float64 at a time). See :func:`pearson_pca`.
     """
-    n_slices = gene_totals.shape[0]
+    args, step, _ = _residual_statistics(counts, gene_totals, codes, columns, chunk_size, theta, False)
+    return args, step
+
+
+def _residual_statistics(
+    counts: Any,
+    gene_totals: np.ndarray,
+    codes: np.ndarray,
+    columns: np.ndarray,
+    chunk_size: int,
+    theta: float,
+    with_gram: bool,
+) -> tuple[tuple, int, np.ndarray | None]:
+    """The ``args`` and block rows of :func:`residual_standardisation`, and the residuals' pooled Gram matrix.
+
+    One pass over the residuals; the Gram matrix of the standardised residuals (pooled over slices) only if
+    ``with_gram``, else ``None``. Each slice's sums (and squares, or Gram matrix) are accumulated while its rows are read and folded in once its
+    last row has passed: ``D_s (G_s - n_s m_s m_sᵀ) D_s`` with ``m_s`` its means and ``D_s`` its inverse standard
+    deviations.
+    """
+    n_slices, p = gene_totals.shape[0], columns.size
     totals = gene_totals[:, columns]
     share = totals / np.maximum(totals.sum(axis=1, keepdims=True), 1e-300)
     sizes = np.bincount(codes, minlength=n_slices).astype(np.float64)
     args = (columns, share, np.sqrt(sizes), theta)
     step = min(chunk_size, _GRAM_CHUNK)
-    sums, squares = np.zeros((n_slices, columns.size)), np.zeros((n_slices, columns.size))
-    for _, _, (block_sums, block_squares) in map_row_blocks(
-        counts, _block_residual_moments, rows=(codes,), args=args, chunk_size=step
+    last_row = np.full(n_slices, -1)
+    present, first_seen = np.unique(codes[::-1], return_index=True)
+    last_row[present] = codes.size - 1 - first_seen
+    means, inv_sd = np.zeros((n_slices, p)), np.zeros((n_slices, p))
+    gram = np.zeros((p, p)) if with_gram else None
+    open_sums: dict[int, list[np.ndarray]] = {}
+    for _, stop, parts in map_row_blocks(
+        counts, _block_residual_sums, rows=(codes,), args=(*args, with_gram), chunk_size=step
     ):
-        sums += block_sums
-        squares += block_squares
-    means = sums / np.maximum(sizes, 1)[:, None]
-    sd = np.sqrt(np.clip(squares / np.maximum(sizes, 1)[:, None] - means**2, 0.0, None))
-    inv_sd = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
-    return (*args, means, inv_sd), step
+        for s, block_sums, block_products in parts:
+            if s in open_sums:
+                open_sums[s][0] += block_sums
+                open_sums[s][1] += block_products
+            else:
+                open_sums[s] = [block_sums, block_products]
+        for s in [s for s in open_sums if last_row[s] < stop]:
+            sums, products = open_sums.pop(s)
+            n = max(sizes[s], 1.0)
+            means[s] = sums / n
+            squares = np.diagonal(products).copy() if with_gram else products
+            sd = np.sqrt(np.clip(squares / n - means[s] ** 2, 0.0, None))
+            inv_sd[s] = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 1e-8)
+            if with_gram:
+                products -= n * np.outer(means[s], means[s])
+                gram += inv_sd[s][:, None] * products * inv_sd[s][None, :]
+    return (*args, means, inv_sd), step, gram
 
 
 def residual_projection(counts: Any, codes: np.ndarray, args: tuple, axes: np.ndarray, step: int) -> np.ndarray:
@@ -165,42 +211,75 @@ def placed_columns(x: Any, where: np.ndarray, chunk_size: int) -> sparse.csr_mat
     return sparse.csr_matrix(sparse.vstack(blocks), dtype=np.float32)
 
 
+#: Rows of a dense residual block transformed at once: the arithmetic runs in cache, not over the whole block.
+_CACHE_ROWS = 256
+
+
 def _residuals(
-    block: sparse.csr_matrix, codes: np.ndarray, columns: np.ndarray, share: np.ndarray, clip: np.ndarray, theta: float
+    block: sparse.csr_matrix,
+    codes: np.ndarray,
+    columns: np.ndarray,
+    share: np.ndarray,
+    clip: np.ndarray,
+    theta: float,
+    means: np.ndarray | None = None,
+    inv_sd: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dense, clipped Pearson residuals of one row block (see :func:`pearson_pca`)."""
-    x = block[:, columns].toarray().astype(np.float64)
-    mu = x.sum(axis=1, keepdims=True) * share[codes]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (x - mu) / np.sqrt(mu + mu * mu / theta)
-    r[mu <= 0] = 0.0
+    """Dense, clipped Pearson residuals of one row block (see :func:`pearson_pca`).
+
+    With each slice's ``means`` and ``inv_sd`` (slices x genes), standardised within slices.
+    """
+    if not np.array_equal(columns, np.arange(block.shape[1])):  # no copy when every column is taken in order
+        block = block[:, columns]
+    r = block.astype(np.float64).toarray()  # one dense copy, not a float32 one and then a float64 one
+    library = r.sum(axis=1, keepdims=True)
     bound = clip[codes][:, None]
-    return np.clip(r, -bound, bound)
+    # (x - μ) / sqrt(μ + μ² / θ), in place and a few rows at a time: copies of the whole block would cost more
+    # than the arithmetic
+    for start in range(0, r.shape[0], _CACHE_ROWS):
+        rows = slice(start, start + _CACHE_ROWS)
+        part, part_codes = r[rows], codes[rows]
+        mu = library[rows] * share[part_codes]
+        part -= mu
+        empty = mu <= 0
+        denominator = np.multiply(mu, mu)
+        denominator /= theta
+        denominator += mu
+        np.sqrt(denominator, out=denominator)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part /= denominator
+        part[empty] = 0.0
+        np.clip(part, -bound[rows], bound[rows], out=part)
+        if means is not None:
+            part -= means[part_codes]
+            part *= inv_sd[part_codes]
+    return r
 
 
-def _block_residual_moments(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice sums of the residuals of one row block and of their squares (``args`` of :func:`_residuals`)."""
+def _block_residual_sums(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> list[tuple]:
+    """``(slice, sums, products)`` of the residuals of one row block, for each slice in the block.
+
+    ``args``: those of :func:`_residuals`, then whether ``products`` are Gram matrices ``rᵀr`` or sums of squares.
+    """
+    *args, with_gram = args
     r = _residuals(block, codes, *args)
-    onehot = slice_indicator(codes, args[1].shape[0])
-    return np.asarray(onehot @ r), np.asarray(onehot @ (r * r))
-
-
-def _standardised_residuals(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
-    """Residuals of one row block standardised per slice: ``args`` of :func:`_residuals`, the means, 1 / sd."""
-    *args, means, inv_sd = args
-    return (_residuals(block, codes, *args) - means[codes]) * inv_sd[codes]
+    parts, present = [], np.unique(codes)
+    for s in present:
+        part = r if present.size == 1 else r[codes == s]
+        parts.append((int(s), part.sum(axis=0), part.T @ part if with_gram else np.einsum("ij,ij->j", part, part)))
+    return parts
 
 
 def _block_residual_gram(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
     """``rᵀr`` of the standardised residuals of one row block."""
-    r = _standardised_residuals(block, codes, *args)
+    r = _residuals(block, codes, *args)
     return r.T @ r
 
 
 def _block_residual_projection(block: sparse.csr_matrix, codes: np.ndarray, *args: Any) -> np.ndarray:
     """Standardised residuals of one row block projected on the axes (the last of ``args``)."""
     *args, vectors = args
-    return (_standardised_residuals(block, codes, *args) @ vectors).astype(np.float32)
+    return (_residuals(block, codes, *args) @ vectors).astype(np.float32)
 
 
 def _slice_deviations(features: np.ndarray, codes: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
