@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import spatialdata
 from scipy import sparse
@@ -169,7 +170,7 @@ def test_impute_writes_its_layer_into_the_store(tmp_path):
     assert back.var["inspire_imputed"].sum() > 0
 
 
-def test_domains_and_label_transfer_write_into_the_store(tmp_path):
+def test_domains_label_transfer_and_differential_factors_write_into_the_store(tmp_path):
     """Like tl.integrate and tl.impute, tools that add columns to a store-backed table write them through."""
     path = tmp_path / "d.zarr"
     si.io.write_zarr(si.datasets.simulate(2, n_spots=150, n_genes=80, random_state=0), path)
@@ -177,7 +178,15 @@ def test_domains_and_label_transfer_write_into_the_store(tmp_path):
     si.tl.integrate(backed, **FAST)
     si.tl.domains(backed, n_domains=3, show_progress_bar=False)
     si.tl.transfer_labels(backed, backed, key="domain", key_added="domain_again")
+    table = backed["table"]
+    table.obs["sample"] = table.obs["slice"].astype(str) + np.where(np.arange(table.n_obs) % 2, "a", "b")
+    si.tl.differential_factors(backed, condition_key="slice", sample_key="sample")
     back = spatialdata.read_zarr(path)["table"]
+    pd.testing.assert_frame_equal(
+        back.uns["inspire_differential"]["results"].reset_index(drop=True),
+        backed["table"].uns["inspire_differential"]["results"],
+        check_dtype=False,
+    )
     assert back.obs["inspire_domain"].tolist() == backed["table"].obs["inspire_domain"].tolist()
     assert "inspire_domain_colors" in back.uns
     assert back.obs["domain_again"].tolist() == backed["table"].obs["domain_again"].tolist()

@@ -9,7 +9,8 @@ import pandas as pd
 
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger
-from sd_inspire._utils import factor_label, get_table, maybe_copy
+from sd_inspire._utils import factor_label, get_table, is_spatialdata, maybe_copy
+from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 from sd_inspire.tl.metrics import _missing
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ def differential_factors(
     (4, 10)
     """
     adata = maybe_copy(get_table(data, table_key), copy)
+    if not copy:
+        check_table_matches_store(data, adata, table_key)  # before the work, not after it
     key_added = key_added or f"{key}_differential"
     beta = _factor_proportions(adata, condition_key, sample_key, key, transform)
     usage, condition_of = _sample_usage(beta, adata.obs[condition_key], adata.obs[sample_key], condition_key)
@@ -152,6 +155,8 @@ def differential_factors(
         (": " + ", ".join(f"{r.factor} ({r.condition})" for r in found.itertuples())) if len(found) else "",
     )
     log_added("uns", key_added)
+    if not copy and is_spatialdata(data):
+        write_table_into_store(data, adata, table_key)  # a store-backed SpatialData keeps the result
     return adata if copy else None
 
 
