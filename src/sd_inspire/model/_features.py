@@ -17,6 +17,9 @@ from sd_inspire._graph import normalized_adjacency
 #: Rows densified at once to accumulate the Gram matrix of the large-data PCA.
 _GRAM_CHUNK = 4096
 
+#: Rows of a dense residual block transformed at once: the arithmetic runs in cache, not over the whole block.
+_CACHE_ROWS = 256
+
 #: Memory allowed for the residual Gram matrices of all slices at once (``p x p`` float64 each), for the PCA of
 #: the Pearson residuals in one pass; beyond it, two passes.
 SLICE_GRAM_BYTES = 1 << 30
@@ -142,9 +145,9 @@ def _residual_statistics(
     """The ``args`` and block rows of :func:`residual_standardisation`, and the residuals' pooled Gram matrix.
 
     One pass over the residuals; the Gram matrix of the standardised residuals (pooled over slices) only if
-    ``with_gram``, else ``None``. Each slice's sums (and squares, or Gram matrix) are accumulated while its rows are read and folded in once its
-    last row has passed: ``D_s (G_s - n_s m_s m_sᵀ) D_s`` with ``m_s`` its means and ``D_s`` its inverse standard
-    deviations.
+    ``with_gram``, else ``None``. Each slice's sums (and squares, or Gram matrix) are accumulated while its rows are
+    read and folded in once its last row has passed: ``D_s (G_s - n_s m_s m_sᵀ) D_s`` with ``m_s`` its means and
+    ``D_s`` its inverse standard deviations.
     """
     n_slices, p = gene_totals.shape[0], columns.size
     totals = gene_totals[:, columns]
@@ -209,10 +212,6 @@ def placed_columns(x: Any, where: np.ndarray, chunk_size: int) -> sparse.csr_mat
     )
     blocks = [sparse.csr_matrix(block, dtype=np.float32) @ place for _, _, block in row_blocks(x, chunk_size)]
     return sparse.csr_matrix(sparse.vstack(blocks), dtype=np.float32)
-
-
-#: Rows of a dense residual block transformed at once: the arithmetic runs in cache, not over the whole block.
-_CACHE_ROWS = 256
 
 
 def _residuals(
