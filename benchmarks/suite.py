@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/suite.py [--quick] [--seeds 0 1 2 3 4] [--datasets NAME ...] [--peers DIR]
         [--export DIR] [--threads 2] [--name suite] [--combine RUNS_CSV ...] [--model-kwargs JSON]
+        [--methods baselines sd-inspire nmf peers]
 
 Needs the ``bench`` extra (``.venv/bin/pip install -e ".[bench]"``: harmonypy, scib-metrics).
 
@@ -26,7 +27,9 @@ Methods: PCA of per-slice z-scores of the log expression (``PCA(z)``), PCA of it
 sd-inspire with the defaults of ``tl.integrate``. Peers (CellCharter, GraphST, the published INSPIRE code) run in
 their own environment (``benchmarks/peers``): ``--export DIR`` writes every dataset as the peers read it, and
 ``--peers DIR`` adds the embeddings they wrote, scored with the same probe; without them each peer gets a row
-saying so.
+saying so. ``--methods`` runs some of the method groups only: ``--export DIR --methods`` (none) only writes the
+datasets, ``--peers DIR --methods peers --name X`` scores the peers alone, and ``--combine`` then puts their runs
+beside those of an earlier call.
 
 Writes benchmarks/results/{name}_runs.csv (every run), {name}.md / .csv (mean ± sd over seeds) and a verdict per
 dataset: sd-inspire's ARI against the best baseline's and peer's, and its mixing against 0.9 x the best of theirs.
@@ -54,6 +57,8 @@ PEERS = ("CellCharter", "GraphST", "INSPIRE (published)")
 PEER_DIRS = {"CellCharter": "cellcharter", "GraphST": "graphst", "INSPIRE (published)": "inspire"}
 BASELINES = ("PCA(z)", "PCA(Â²z)", "Harmony(PCA(Â²z))")
 MODEL = "sd-inspire"
+#: Method groups of ``--methods``.
+METHOD_GROUPS = ("baselines", MODEL, "nmf", "peers")
 N_PCS = 30
 
 
@@ -466,13 +471,16 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
             export(table, args.export, dataset, seed)
         base = {"dataset": dataset.name, "seed": seed, "spots": table.n_obs, "slices": table.obs["slice"].nunique()}
         base["threads"] = args.threads
-        results: dict[str, dict] = baselines(table, seed)
-        try:
-            results[MODEL] = run_model(table, seed, args.threads, args.model_kwargs)
-        except Exception as error:  # noqa: BLE001 - a refusal is a result of the suite, reported in the table
-            results[MODEL] = {"error": f"{type(error).__name__}: {error}"}
-        for peer in PEERS:
-            results[peer] = peer_result(args.peers, dataset.name, peer, seed, table.n_obs)
+        groups = set(args.methods)
+        results: dict[str, dict] = baselines(table, seed) if "baselines" in groups else {}
+        if MODEL in groups:
+            try:
+                results[MODEL] = run_model(table, seed, args.threads, args.model_kwargs)
+            except Exception as error:  # noqa: BLE001 - a refusal is a result of the suite, reported in the table
+                results[MODEL] = {"error": f"{type(error).__name__}: {error}"}
+        if "peers" in groups:
+            for peer in PEERS:
+                results[peer] = peer_result(args.peers, dataset.name, peer, seed, table.n_obs)
         for method, res in results.items():
             row = {**base, "method": method}
             if "error" in res:
@@ -489,7 +497,7 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
                 row.update({k: res[k] for k in ("steps", "loss change") if k in res})
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        if "true_proportions" in table.obsm:
+        if "nmf" in groups and "true_proportions" in table.obsm:
             with PeakMemory() as mem:
                 start = time.perf_counter()
                 factors = nmf_factors(table, 20, seed)
@@ -503,6 +511,15 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
                 }
             )
     return rows
+
+
+def _prefer_scored(runs: pd.DataFrame) -> pd.DataFrame:
+    """Drop a run that was not scored (a peer "not run here") where another file holds a scored run of the same
+    dataset, seed and method (the peers scored later with ``--methods peers``)."""
+    key = ["dataset", "seed", "method"]
+    scored = runs["ARI gmm"].notna() if "ARI gmm" in runs else pd.Series(False, index=runs.index)
+    has_scored = scored.groupby([runs[k] for k in key]).transform("any")
+    return runs[scored | ~has_scored].reset_index(drop=True)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -580,12 +597,19 @@ def main(argv: list[str] | None = None) -> int:
         "name the result file after them)",
     )
     parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=METHOD_GROUPS,
+        default=list(METHOD_GROUPS),
+        help="method groups to run (default: all; none with --export: only write the datasets)",
+    )
+    parser.add_argument(
         "--combine", nargs="+", default=None, metavar="RUNS_CSV", help="only tabulate runs written by earlier calls"
     )
     args = parser.parse_args(argv)
     command = "python benchmarks/suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.combine:
-        runs = pd.concat([pd.read_csv(path) for path in args.combine], ignore_index=True)
+        runs = _prefer_scored(pd.concat([pd.read_csv(path) for path in args.combine], ignore_index=True))
         order = {d.name: i for i, d in enumerate(DATASETS)}
         runs = runs.sort_values("dataset", key=lambda c: c.map(order), kind="stable")
         _write(runs, summarise(runs), verdicts(runs), args.name or "suite", command, float("nan"))
@@ -606,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in chosen:  # keeps what it measured
             print(f"\n== {dataset.name}: {dataset.description} (seed {seed})", flush=True)
             rows += run_dataset(dataset, [seed], args)
+            if not rows:  # --methods with none: the datasets were only exported
+                continue
             runs = pd.DataFrame(rows)
             _write(runs, summarise(runs), verdicts(runs), name, command, time.perf_counter() - start)
     return 0
