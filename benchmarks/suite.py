@@ -355,7 +355,10 @@ def peer_result(peers_dir: Path | None, dataset: str, peer: str, seed: int, n_ob
             return {"error": f"{path}: {emb.shape[0]} rows for {n_obs} spots"}
         return {"embedding": emb, "seconds": float(stored["seconds"]), "peak GB": float(stored["peak_gb"])}
     error = folder / "error.txt"
-    reason = error.read_text().strip().splitlines()[0] if error.exists() else f"no {path}"
+    if error.exists():
+        reason = error.read_text().strip().splitlines()[0]
+    else:  # the peer was not run on this dataset and seed (run_peers.py writes error.txt for every failure)
+        reason = f"not run: no {Path(_file_stem(dataset, seed)) / PEER_DIRS[peer] / path.name} in --peers"
     return {"error": reason[:300]}
 
 
@@ -526,9 +529,19 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± sd over seeds per dataset and method; errors reported once."""
     out = []
     for (dataset, method), group in runs.groupby(["dataset", "method"], sort=False):
-        row: dict[str, Any] = {"dataset": dataset, "method": method, "seeds": group["seed"].nunique()}
-        if "error" in group and group["error"].notna().any():
-            row["note"] = group["error"].dropna().iloc[0]
+        scored = [c for c in ("ARI gmm", "factor recovery") if c in group]
+        done = group[group[scored].notna().any(axis=1)] if scored else group.iloc[:0]
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "method": method,
+            "seeds": (done if len(done) else group)["seed"].nunique(),
+        }
+        errors = group["error"].dropna() if "error" in group else pd.Series(dtype=object)
+        if len(errors):  # the latest reason (files combined later come last); seeds scored despite it are named
+            row["note"] = errors.iloc[-1]
+            missed = set(group["seed"]) - set(done["seed"])
+            if len(done) and missed:
+                row["note"] = f"seeds {sorted(done['seed'].unique().tolist())} only; others: {row['note']}"
         for col in SUMMARY:
             if col in group and group[col].notna().any():
                 values = group[col].dropna().astype(float)
