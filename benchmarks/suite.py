@@ -520,17 +520,22 @@ def _prefer_scored(runs: pd.DataFrame) -> pd.DataFrame:
     """Drop a run that was not scored (a peer "not run here") where another file holds a scored run of the same
     dataset, seed and method (the peers scored later with ``--methods peers``)."""
     key = ["dataset", "seed", "method"]
-    scored = runs["ARI gmm"].notna() if "ARI gmm" in runs else pd.Series(False, index=runs.index)
+    scored = _scored(runs)
     has_scored = scored.groupby([runs[k] for k in key]).transform("any")
     return runs[scored | ~has_scored].reset_index(drop=True)
+
+
+def _scored(runs: pd.DataFrame) -> pd.Series:
+    """Which runs hold a score (an ARI, or a factor recovery for NMF)."""
+    columns = [c for c in ("ARI gmm", "factor recovery") if c in runs]
+    return runs[columns].notna().any(axis=1) if columns else pd.Series(False, index=runs.index)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± sd over seeds per dataset and method; errors reported once."""
     out = []
     for (dataset, method), group in runs.groupby(["dataset", "method"], sort=False):
-        scored = [c for c in ("ARI gmm", "factor recovery") if c in group]
-        done = group[group[scored].notna().any(axis=1)] if scored else group.iloc[:0]
+        done = group[_scored(group)]
         row: dict[str, Any] = {
             "dataset": dataset,
             "method": method,
@@ -620,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         "--combine", nargs="+", default=None, metavar="RUNS_CSV", help="only tabulate runs written by earlier calls"
     )
     args = parser.parse_args(argv)
+    if not args.methods and args.export is None and not args.combine:
+        parser.error("--methods with no group runs nothing: give --export DIR to write the datasets")
     command = "python benchmarks/suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.combine:
         runs = _prefer_scored(pd.concat([pd.read_csv(path) for path in args.combine], ignore_index=True))
