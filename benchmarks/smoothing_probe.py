@@ -35,15 +35,8 @@ def main() -> None:
     truth = table.obs["domain"].astype(str).to_numpy()
     slices = table.obs["slice"].astype(str).to_numpy()
     k = len(np.unique(truth))
-    x = suite._log_expression(table).astype(np.float64)
     for scaled in (False, True):
-        y = x.copy()
-        for s in np.unique(slices):
-            rows = slices == s
-            y[rows] -= y[rows].mean(axis=0)
-            if scaled:
-                sd = y[rows].std(axis=0)
-                y[rows] /= np.where(sd > 0, sd, 1.0)
+        y = suite._z_scores(table, scale=scaled)
         work = table.copy()
         work.obsm["y"] = PCA(min(30, y.shape[1] - 1), random_state=args.seed).fit_transform(y)
         for hops in args.hops:

@@ -259,12 +259,13 @@ def _log_expression(table) -> np.ndarray:
     return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
 
 
-def _z_scores(table) -> np.ndarray:
+def _z_scores(table, *, scale: bool = True) -> np.ndarray:
+    """Log expression centred within each slice and, with ``scale``, each gene scaled to unit variance there."""
     x = _log_expression(table).astype(np.float64)
     slices = table.obs["slice"].to_numpy()
     for s in np.unique(slices):
         rows = slices == s
-        sd = x[rows].std(axis=0)
+        sd = x[rows].std(axis=0) if scale else 1.0
         x[rows] = (x[rows] - x[rows].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     return x
 
