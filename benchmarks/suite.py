@@ -57,6 +57,7 @@ PEERS = ("CellCharter", "GraphST", "INSPIRE (published)")
 PEER_DIRS = {"CellCharter": "cellcharter", "GraphST": "graphst", "INSPIRE (published)": "inspire"}
 BASELINES = ("PCA(z)", "PCA(Â²z)", "Harmony(PCA(Â²z))")
 MODEL = "sd-inspire"
+NMF = "NMF (counts)"
 #: Method groups of ``--methods``.
 METHOD_GROUPS = ("baselines", MODEL, "nmf", "peers")
 N_PCS = 30
@@ -508,7 +509,7 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
             rows.append(
                 {
                     **base,
-                    "method": "NMF (counts)",
+                    "method": NMF,
                     "factor recovery": recovery(factors, table),
                     "seconds": time.perf_counter() - start,
                     "peak GB": mem.peak,
@@ -518,12 +519,13 @@ def run_dataset(dataset: Dataset, seeds: list[int], args) -> list[dict]:
 
 
 def _prefer_scored(runs: pd.DataFrame) -> pd.DataFrame:
-    """Drop a run that was not scored (a peer "not run here") where another file holds a scored run of the same
-    dataset, seed and method (the peers scored later with ``--methods peers``)."""
+    """One run per dataset, seed and method: a scored run over one that was not (a peer "not run here", scored
+    later with ``--methods peers``), and among those the run of the file combined last (a rerun after a change)."""
     key = ["dataset", "seed", "method"]
     scored = _scored(runs)
     has_scored = scored.groupby([runs[k] for k in key]).transform("any")
-    return runs[scored | ~has_scored].reset_index(drop=True)
+    kept = runs[scored | ~has_scored]
+    return kept.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
 def _scored(runs: pd.DataFrame) -> pd.Series:
@@ -559,7 +561,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset: sd-inspire's ARI against the best of every baseline and peer, its mixing against theirs.
+    """Per dataset: sd-inspire's ARI against the best of every baseline and peer, its mixing against theirs, and
+    its factors' recovery of the true proportions against plain NMF's where a simulation knows them.
 
     PCA(z) counts for the ARI (on cell-type labels, such as the MERFISH classes, the unsmoothed expression is the
     one to beat) but not for the mixing: it mixes slices because it keeps little domain structure within them
@@ -576,6 +579,9 @@ def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         others = means.loc[[m for m in rivals if m in means.index]].dropna(subset=["ARI gmm", "mixing"])
         mixing = others.loc[[m for m in mixers if m in others.index]]
+        if others.empty or mixing.empty:
+            out.append({"dataset": dataset, "verdict": "no baseline or peer in these runs"})
+            continue
         best_ari, best_mix = others["ARI gmm"].max(), mixing["mixing"].max()
         ours = means.loc[MODEL]
         ok_ari, ok_mix = ours["ARI gmm"] >= best_ari - 1e-9, ours["mixing"] >= 0.9 * best_mix
@@ -595,6 +601,18 @@ def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
             best10 = others["ARI gmm10"].dropna()
             out[-1]["sd-inspire ARI gmm10"] = round(ours["ARI gmm10"], 3)
             out[-1]["best other ARI gmm10"] = f"{best10.max():.3f} ({best10.idxmax()})" if len(best10) else ""
+        recovered = group.groupby("method")["factor recovery"].mean() if "factor recovery" in group else None
+        if (
+            recovered is not None
+            and np.isfinite(recovered.get(MODEL, np.nan))
+            and np.isfinite(recovered.get(NMF, np.nan))
+        ):
+            out[-1]["sd-inspire factor recovery"] = round(recovered[MODEL], 3)
+            out[-1]["NMF factor recovery"] = round(recovered[NMF], 3)
+            if recovered[MODEL] < recovered[NMF] - 1e-9:
+                out[-1]["verdict"] = (
+                    "factors short" if out[-1]["verdict"] == "met" else out[-1]["verdict"] + ", factors short"
+                )
     return pd.DataFrame(out)
 
 

@@ -271,3 +271,38 @@ def test_the_final_fit_of_the_factors_leaves_the_latent_space_as_trained(tiny, m
     np.testing.assert_array_equal(trained.get_latent_representation(), fitted.get_latent_representation())
     assert not np.allclose(trained.get_factors(), fitted.get_factors(), atol=1e-3)
     assert not np.allclose(trained.get_loadings(), fitted.get_loadings(), atol=1e-4)
+
+
+def test_the_final_fit_of_the_factors_leaves_the_usage_prior_out(tiny):
+    """On fixed codes the prior would ask every factor for the same mean share, splitting cell types over factors."""
+    import copy
+
+    from sd_inspire.model._distributed import World
+    from sd_inspire.model._module import LossWeights
+    from sd_inspire.model._trainer import refit_count_model
+
+    model = InspireModel(tiny, n_factors=4, n_latent=4, n_hidden=16, random_state=0)
+    model.train(max_steps=20, show_progress_bar=False)
+    latent, start = model.get_latent_representation(), copy.deepcopy(model.module.state_dict())
+    start_factors = model.get_factors()
+
+    def fit(prior: float) -> np.ndarray:
+        model.module.load_state_dict(start)
+        refit_count_model(
+            model.module,
+            model.data,
+            latent,
+            n_steps=15,
+            per_slice=32,
+            lr=1e-2,
+            weights=LossWeights(prior=prior),
+            rng=np.random.default_rng(0),
+            device=torch.device("cpu"),
+            world=World(),
+            show_progress_bar=False,
+        )
+        return model.get_factors()
+
+    without = fit(0.0)
+    assert not np.allclose(without, start_factors, atol=1e-3)  # the fit moved the factors
+    np.testing.assert_array_equal(fit(1000.0), without)  # however heavy the prior, it is not in the fit
