@@ -620,11 +620,12 @@ def _summary(
     from sd_inspire._utils import REFIT_KEY, judged_curve
 
     change = float(uns.get("loss_change", math.nan))
+    judged = judged_curve(history)
+    fit = "final fit of the factors" if judged == REFIT_KEY else "training"
     if math.isnan(change):
-        _stdout(f"convergence: {n_steps} steps are too few to tell whether training converged")
+        _stdout(f"convergence: {len(history.get(judged, []))} steps are too few to tell whether the {fit} converged")
     else:
         verdict = "converged" if uns.get("converged", False) else "NOT converged (raise --max-steps)"
-        fit = "final fit of the factors" if judged_curve(history) == REFIT_KEY else "training"
         _stdout(f"convergence ({fit}): loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
     if getattr(args, "n_domains", None):

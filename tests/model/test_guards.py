@@ -239,14 +239,15 @@ def test_training_that_has_not_converged_is_said_so(tiny, caplog):
     with caplog.at_level("WARNING", logger="sd_inspire"):
         model.train(max_steps=30, show_progress_bar=False)  # stopped while the count model's fit still improves
     refit = model.history["factor_refit"]
-    assert len(refit) == 30
+    assert len(refit) == 90  # three times the training's steps
     check = model.convergence
     assert check == si._utils.convergence(refit)  # judged on the final fit of the count model
-    assert check["window"] == 3
+    assert check["window"] == 9
     assert not check["converged"]
     assert check["loss_change"] < -0.01
     assert "The final fit of the factors may not have converged" in caplog.text
     assert f"changed by {100 * check['loss_change']:.1f}%" in caplog.text
+    assert "last tenth of the 90 steps" in caplog.text  # the final fit's steps, which it judged
     assert "(`max_steps=60`)" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="sd_inspire"):
@@ -306,3 +307,11 @@ def test_the_final_fit_of_the_factors_leaves_the_usage_prior_out(tiny):
     without = fit(0.0)
     assert not np.allclose(without, start_factors, atol=1e-3)  # the fit moved the factors
     np.testing.assert_array_equal(fit(1000.0), without)  # however heavy the prior, it is not in the fit
+
+
+def test_the_final_fit_runs_three_times_the_training_steps_within_the_longest_default_training():
+    from sd_inspire.model._model import DEFAULT_STEPS, refit_steps
+
+    assert [refit_steps(n) for n in (1, 30, 600, 1000)] == [3, 90, 1800, DEFAULT_STEPS[1]]
+    assert refit_steps(DEFAULT_STEPS[1]) == DEFAULT_STEPS[1]  # the largest data: no longer than before
+    assert refit_steps(5000) == 5000  # never shorter than a longer training asked for

@@ -46,6 +46,14 @@ _REDUCTION_FILE = "reduction.npy"
 DEFAULT_PASSES, DEFAULT_STEPS = 40, (600, 3000)
 #: The same for a query mapped onto a reference (only its slices' few parameters are learnt).
 QUERY_PASSES, QUERY_STEPS = 10, (100, 1000)
+#: The count model's final fit runs this many times the training's steps (no more than the longest default training,
+#: no fewer than the training): its factors keep sharpening into cell types after its deviance has levelled off.
+REFIT_STEPS_FACTOR = 3
+
+
+def refit_steps(n_steps: int) -> int:
+    """Steps of the count model's final fit after ``n_steps`` of training."""
+    return max(n_steps, min(REFIT_STEPS_FACTOR * n_steps, DEFAULT_STEPS[1]))
 
 
 class InspireModel:
@@ -240,10 +248,11 @@ class InspireModel:
         ----------
         max_steps
             Optimisation steps. By default about 40 passes over the largest slice, between 600 and 3000 steps.
-            Afterwards (not for a query) the factor head, gene programs and slice effects are fitted again for as
-            many steps on the trained latent space, with the latent codes fixed and a learning rate ten times
-            ``lr`` (``history["factor_refit"]``): the count model converges there, while the latent space is
-            taken as trained (more training trades its domain structure for mixing; docs: Concepts).
+            Afterwards (not for a query) the factor head, gene programs and slice effects are fitted again on the
+            trained latent space, for three times as many steps (at most 3000, at least as many), with the latent
+            codes fixed and a learning rate ten times ``lr`` (``history["factor_refit"]``): the count model
+            converges there, while the latent space is taken as trained (more training trades its domain structure
+            for mixing; docs: Concepts).
             :attr:`convergence` judges that fit.
         batch_size
             Spots per minibatch, drawn equally from every slice.
@@ -374,7 +383,7 @@ class InspireModel:
             self.module,
             self.data,
             self.get_latent_representation(),
-            n_steps=config.n_steps,
+            n_steps=refit_steps(config.n_steps),
             per_slice=config.per_slice,
             lr=config.lr * REFIT_LR_FACTOR,
             weights=weights,
@@ -384,12 +393,13 @@ class InspireModel:
             show_progress_bar=show_progress_bar,
         )
         self.history["_refit_seconds"] = [time.perf_counter() - start]
-        self.train_params["refit_steps"] = config.n_steps
+        self.train_params["refit_steps"] = refit_steps(config.n_steps)
 
     def _warn_unless_converged(self) -> None:
         """Warn (first process only) when the judged loss curve has not levelled off, or is too short to tell."""
         check, steps = self.convergence, len(self.history.get("loss", []))
-        what = "the final fit of the factors" if judged_curve(self.history) == REFIT_KEY else "training"
+        judged = judged_curve(self.history)
+        what = "the final fit of the factors" if judged == REFIT_KEY else "training"
         if self.world.is_main and np.isnan(check["loss_change"]):
             logger.warning("Training ran %d steps, too few to tell whether %s converged.", steps, what)
         elif self.world.is_main and not check["converged"]:
@@ -399,7 +409,7 @@ class InspireModel:
                 "results; `si.pl.history` shows the loss curves.",
                 what[0].upper() + what[1:],
                 100 * check["loss_change"],
-                steps,
+                len(self.history.get(judged, [])),
                 100 * check["tolerance"],
                 2 * steps,
             )

@@ -85,7 +85,8 @@ def integrate(
         sequencing depth varies between spots (the latent space then follows the depth): compare with the default.
     max_steps
         Training steps; by default from the size of the largest slice (600 to 3000). The count model's final fit
-        on the trained latent space runs as many (:meth:`sd_inspire.model.InspireModel.train`).
+        on the trained latent space runs three times as many, at most 3000
+        (:meth:`sd_inspire.model.InspireModel.train`).
     batch_size
         Spots per minibatch, drawn equally from every slice.
     cross_technology
