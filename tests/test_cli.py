@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import spatialdata
 from tests.conftest import SHARED_DATA
@@ -571,3 +572,25 @@ def test_integrate_preprocessing_and_domain_options(sim_store, tmp_path):
     code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "p.zarr", "--n-top-genes", "0")
     assert code == 1
     assert "--n-top-genes must be a positive integer" in stderr
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        ({"loss": [3.0] * 5, "factor_refit": [2.0] * 15}, "15 steps are too few to tell whether the final fit of the"),
+        ({"loss": [3.0] * 8}, "8 steps are too few to tell whether the training converged"),  # a query: no final fit
+    ],
+)
+def test_summary_of_a_run_too_short_to_judge_names_the_judged_curve(history, expected, tmp_path, capsys):
+    import argparse
+
+    import anndata as ad
+
+    from sd_inspire._cli import _summary
+
+    table = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
+    table.obs["slice"] = pd.Categorical(["a", "a", "b", "b"])
+    table.uns["inspire"] = {"genes": ["g0", "g1"], "history": history, "loss_change": float("nan")}
+    args = argparse.Namespace(output=tmp_path / "out.zarr", n_models=1, n_domains=None)
+    _summary({"table": table}, args, 1.0, {"obsm": ["X_inspire"]}, [])
+    assert f"convergence: {expected}" in capsys.readouterr().out
