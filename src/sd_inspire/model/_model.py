@@ -379,11 +379,12 @@ class InspireModel:
         """The count model's final fit on the trained latent space (which itself is left as trained)."""
         start = time.perf_counter()
         refit_rng = np.random.default_rng([self.seed, _REFIT_STREAM, self.world.rank])
+        n_steps = refit_steps(config.n_steps)
         self.history[REFIT_KEY] = refit_count_model(
             self.module,
             self.data,
             self.get_latent_representation(),
-            n_steps=refit_steps(config.n_steps),
+            n_steps=n_steps,
             per_slice=config.per_slice,
             lr=config.lr * REFIT_LR_FACTOR,
             weights=weights,
@@ -393,7 +394,7 @@ class InspireModel:
             show_progress_bar=show_progress_bar,
         )
         self.history["_refit_seconds"] = [time.perf_counter() - start]
-        self.train_params["refit_steps"] = refit_steps(config.n_steps)
+        self.train_params["refit_steps"] = n_steps
 
     def _warn_unless_converged(self) -> None:
         """Warn (first process only) when the judged loss curve has not levelled off, or is too short to tell."""
