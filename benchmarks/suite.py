@@ -19,8 +19,11 @@ truth is known (sd-inspire's factors and plain NMF of the same counts), wall tim
 Datasets: the labelled multi-slice sets of ``../shared/data`` (DLPFC 151673-76, BaristaSeq V1, MERFISH hypothalamus
 planes, the last shipped as normalised values) and regimes of :func:`sd_inspire.datasets.simulate` that vary what
 real data varies: geometry (layers, islands, gradients), resolution (spot to single cell), panel size (100 to 5,000
-genes), depth, 2 to 8 slices, partial sections and slices missing domains, weak and strong slice effects.
-Simulated data are drawn anew for every seed; real sets are fixed and the seed drives the methods and the probe.
+genes), depth, 2 to 8 slices, partial sections and slices missing domains, weak and strong slice effects; and two
+sets of a second generator that shares nothing with it (``benchmarks/_resample.py``: real DLPFC spots and real
+BaristaSeq cells drawn into irregular random-field domains, with per-slice depth factors and gene effects).
+Simulated and resampled data are drawn anew for every seed; real sets are fixed and the seed drives the methods and
+the probe.
 
 Methods: PCA of per-slice z-scores of the log expression (``PCA(z)``), PCA of its two-hop neighbour smoothing
 (``PCA(Â²z)``), Harmony on those components (``harmonypy``), NMF of the counts (factor recovery only) and
@@ -43,7 +46,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED_DATA, setup
+from _resample import Resampling, resample
 
 PEERS = ("CellCharter", "GraphST", "INSPIRE (published)")
 PEER_DIRS = {"CellCharter": "cellcharter", "GraphST": "graphst", "INSPIRE (published)": "inspire"}
@@ -69,16 +73,22 @@ class Dataset:
     """A labelled multi-slice dataset of the suite."""
 
     name: str
-    kind: str  # "real" or "simulated"
+    kind: str  # "real", "simulated" (datasets.simulate) or "resampled" (real spots in new layouts, _resample.py)
     description: str
     simulate: dict = field(default_factory=dict)  # keyword arguments of datasets.simulate
     loader: str = ""  # name of a loader function for real data
     quick: bool = False  # part of --quick
+    resampling: Resampling | None = None  # the design of a resampled dataset
 
     def load(self, seed: int, quick: bool):
         """The raw table: counts (or normalised values) in X, obs["slice"], obs["domain"], obsm["spatial"]."""
         if self.kind == "real":
             return globals()[self.loader]()
+        if self.kind == "resampled":
+            design = self.resampling
+            if quick:
+                design = replace(design, n_spots=min(design.n_spots, 600))
+            return resample(design, globals()[design.reference](), seed)
         import sd_inspire as si
 
         kwargs = dict(self.simulate)
@@ -158,6 +168,18 @@ DATASETS = [
         "simulated",
         "2 Visium-like slices of 5,000 genes, islands, slice effects sd 0.5",
         _sim(2, technology="visium", n_genes=5000, geometry="islands"),
+    ),
+    Dataset(
+        "resampled: DLPFC spots, random-field domains",
+        "resampled",
+        "real DLPFC spots drawn into irregular domains (benchmarks/_resample.py), 3 slices, depth x1/x0.6/x0.35",
+        resampling=Resampling("load_dlpfc", 3, 2000, "hex", 100.0, (1.0, 0.6, 0.35), 0.5),
+    ),
+    Dataset(
+        "resampled: BaristaSeq cells, random-field domains",
+        "resampled",
+        "real BaristaSeq cells drawn into irregular domains (benchmarks/_resample.py), 4 slices, depth x1 to x0.5",
+        resampling=Resampling("load_baristaseq", 4, 1500, "cells", 15.0, (1.0, 0.7, 1.0, 0.5), 0.3),
     ),
 ]
 
@@ -658,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [d for d in DATASETS if (d.quick or not args.quick)]
     if args.datasets:
         chosen = [d for d in chosen if any(s.lower() in d.name.lower() for s in args.datasets)]
-    missing = [d.name for d in chosen if d.kind == "real" and not SHARED_DATA.is_dir()]
+    missing = [d.name for d in chosen if d.kind != "simulated" and not SHARED_DATA.is_dir()]
     if missing:
         print(f"skipped (no {SHARED_DATA}): {missing}")
         chosen = [d for d in chosen if d.name not in missing]
