@@ -101,8 +101,8 @@ def resample(design: Resampling, reference, seed: int):
     n_genes = counts.shape[1]
 
     # one tissue for every slice; each slice a rotated window of it
-    tissue = np.random.default_rng(rng.integers(2**32))
-    field_seed = tissue.integers(2**32)
+    # the domain fields' own seed: every slice reads the same fields (its window differs)
+    field_seed = np.random.default_rng(rng.integers(2**32)).integers(2**32)
     parts = []
     for s in range(design.n_slices):
         local = _layout(design.n_spots, design.layout, rng)
