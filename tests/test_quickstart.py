@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import spatialdata
@@ -56,6 +57,12 @@ def test_quickstart_as_a_script_is_quiet(tmp_path):
         env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"},  # Python's defaults
     )
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = [line for line in re.split(r"[\r\n]", done.stderr) if line.strip()]
     assert not [line for line in lines if "Warning" in line or "warn" in line.lower()], done.stderr
-    assert len(lines) < 15, done.stderr
+    # a progress bar redraws itself as often as the machine's speed makes it (on a new line when stderr is not a
+    # terminal): count the bars, by their names, and the other lines
+    bar = re.compile(r"^\s*([\w ]+):\s+\d+%\|")
+    bars = {m.group(1) for m in map(bar.match, lines) if m}
+    others = [line for line in lines if not bar.match(line)]
+    assert bars <= {"training", "fitting factors", "Gaussian mixture"}, done.stderr
+    assert len(others) < 6, done.stderr
