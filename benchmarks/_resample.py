@@ -20,10 +20,14 @@ is used: the expression comes from a labelled real dataset, and the geometry fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Random Fourier features per domain field.
 _N_FEATURES = 64
@@ -45,8 +49,14 @@ class Resampling:
     min_share: float = 0.04  # every domain covers at least this share of the tissue
 
 
-def domain_map(points: np.ndarray, n_domains: int, length_scale: float, min_share: float, rng) -> np.ndarray:
-    """Domain index (0..K-1) of each point of the unit square: the argmax of K smooth random fields."""
+def random_field_domains(
+    n_domains: int, length_scale: float, min_share: float, rng
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The domain index (0..K-1) of points of the plane: the argmax of K smooth random fields, drawn once.
+
+    Each field is offset so that its domain covers at least ``min_share`` of a fine grid of the unit square (the
+    tissue); the fields extend beyond it. Returns a function of points (n x 2) to their domains.
+    """
     freq = rng.normal(scale=1.0 / length_scale, size=(n_domains, _N_FEATURES, 2))
     phase = rng.uniform(0, 2 * np.pi, size=(n_domains, _N_FEATURES))
 
@@ -54,7 +64,6 @@ def domain_map(points: np.ndarray, n_domains: int, length_scale: float, min_shar
         arg = np.einsum("nd,kmd->nkm", p, freq) + phase[None]
         return np.cos(arg).sum(axis=-1) * np.sqrt(2.0 / _N_FEATURES)
 
-    # offsets so that each domain covers at least min_share of a fine grid of the whole tissue
     side = np.linspace(0, 1, 120)
     grid = np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)
     values, offset = fields(grid), np.zeros(n_domains)
@@ -63,7 +72,7 @@ def domain_map(points: np.ndarray, n_domains: int, length_scale: float, min_shar
         if share.min() >= min_share:
             break
         offset[np.argmin(share)] += 0.05
-    return np.argmax(fields(points) + offset, axis=1)
+    return lambda points: np.argmax(fields(points) + offset, axis=1)
 
 
 def _layout(n: int, kind: str, rng) -> np.ndarray:
@@ -100,9 +109,9 @@ def resample(design: Resampling, reference, seed: int):
     pools = [np.flatnonzero(labels == d) for d in domains]
     n_genes = counts.shape[1]
 
-    # one tissue for every slice; each slice a rotated window of it
-    # the domain fields' own seed: every slice reads the same fields (its window differs)
-    field_seed = np.random.default_rng(rng.integers(2**32)).integers(2**32)
+    # one tissue for every slice (fields from a generator of their own); each slice a rotated window of it
+    field_rng = np.random.default_rng(np.random.default_rng(rng.integers(2**32)).integers(2**32))
+    domains_at = random_field_domains(len(domains), design.length_scale, design.min_share, field_rng)
     parts = []
     for s in range(design.n_slices):
         local = _layout(design.n_spots, design.layout, rng)
@@ -110,7 +119,7 @@ def resample(design: Resampling, reference, seed: int):
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         centre = rng.uniform(0.25, 0.75, size=2)  # the fields extend beyond the unit square
         where = centre + ((local - 0.5) * design.window) @ rot.T
-        dom = domain_map(where, len(domains), design.length_scale, design.min_share, np.random.default_rng(field_seed))
+        dom = domains_at(where)
         rows = np.array([rng.choice(pools[d]) for d in dom])
         effect = rng.normal(scale=design.gene_effect, size=n_genes)
         scale = design.depth[s % len(design.depth)] * np.exp(effect - effect.mean())

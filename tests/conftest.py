@@ -1,16 +1,35 @@
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib as mpl
 import pytest
 
 import sd_inspire as si
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DLPFC = SHARED_DATA / "visium" / "DLPFC_151673-151676"
 DLPFC_SLICES = ("151673", "151674", "151675", "151676")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The module ``benchmarks/{name}.py`` (not a package), registered in ``sys.modules`` under ``name``.
+
+    Registered before it runs: dataclasses defined in it look their module up there.
+    """
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -7,24 +7,19 @@ spot, count or coordinate, and holds each element either as before or as written
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import spatialdata
+from tests.conftest import load_benchmark
 
 import sd_inspire as si
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
-_spec = importlib.util.spec_from_file_location("faults", _PATH)
-faults = importlib.util.module_from_spec(_spec)
-sys.modules["faults"] = faults  # (dataclasses look their module up there)
-_spec.loader.exec_module(faults)
+faults = load_benchmark("faults")
 
 
 @pytest.fixture(scope="module")

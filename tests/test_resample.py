@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
+from tests.conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "_resample.py"
-_spec = importlib.util.spec_from_file_location("_resample", _PATH)
-resampling = importlib.util.module_from_spec(_spec)
-sys.modules["_resample"] = resampling  # (dataclasses look their module up there)
-_spec.loader.exec_module(resampling)
+resampling = load_benchmark("_resample")
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +76,5 @@ def test_domain_map_covers_every_domain():
     rng = np.random.default_rng(0)
     side = np.linspace(0, 1, 120)
     grid = np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)
-    share = np.bincount(resampling.domain_map(grid, 6, 0.18, 0.04, rng), minlength=6) / len(grid)
+    share = np.bincount(resampling.random_field_domains(6, 0.18, 0.04, rng)(grid), minlength=6) / len(grid)
     assert share.min() >= 0.04
