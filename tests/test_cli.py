@@ -481,7 +481,9 @@ def test_integrate_defaults_are_those_of_tl_integrate():
     """Options left out give ``tl.integrate``'s own defaults, so the command and the function train the same model."""
     args = build_parser().parse_args(["integrate", "in.zarr", "-o", "out.zarr"])
     defaults = {k: p.default for k, p in inspect.signature(si.tl.integrate).parameters.items()}
-    options = ("n_factors", "n_latent", "encoder", "n_hops", "features", "alignment", "max_steps", "batch_size")
+    options = (
+        "n_factors", "n_latent", "encoder", "n_hops", "features", "structure", "alignment", "max_steps", "batch_size"
+    )  # fmt: skip
     for option in (*options, "n_models"):
         assert getattr(args, option) == defaults[option], option
     assert args.device == defaults["device"]
@@ -489,16 +491,18 @@ def test_integrate_defaults_are_those_of_tl_integrate():
 
 
 def test_integrate_model_options(sim_store, tmp_path):
-    """--encoder, --n-hops and --features reach the model (recorded in ``uns["inspire"]["params"]``)."""
+    """--encoder, --n-hops, --features and --structure reach the model (recorded in ``uns["inspire"]["params"]``)."""
     out = tmp_path / "out.zarr"
     argv = ["-o", out, "--n-factors", "3", "--max-steps", "1", "--batch-size", "64", "--no-progress"]
     code, _, stderr = run(
-        "integrate", sim_store, *argv, "--features", "lognorm", "--n-hops", "1", "--alignment", "adversarial"
-    )
+        "integrate", sim_store, *argv, "--features", "lognorm", "--n-hops", "1", "--alignment", "adversarial",
+        "--structure", "smoothed",
+    )  # fmt: skip
     assert code == 0, stderr
     uns = spatialdata.read_zarr(out)["table"].uns["inspire"]
     params = uns["params"]
     assert (params["encoder"], params["n_hops"], params["features"]) == ("lgcn", 1, "lognorm")
+    assert params["structure"] == "smoothed"
     assert uns["train_params"]["alignment"] == "adversarial"
 
 

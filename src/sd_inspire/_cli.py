@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 PROG = "sd-inspire"
 TECHNOLOGIES = ("visium", "stereoseq", "slideseq", "merfish")
-#: Choices of ``tl.integrate``'s ``encoder``, ``features`` and ``alignment`` (the first is its default).
+#: Choices of ``tl.integrate``'s ``encoder``, ``features``, ``structure`` and ``alignment`` (the first is its default).
 ENCODERS = ("lgcn", "gat")
 FEATURES = ("pearson", "lognorm")
+STRUCTURES = ("smoothed", "multiscale")
 ALIGNMENTS = ("both", "adversarial", "mnn")
 #: Exit status of an error the user can fix (wrong path, unreadable file, bad value); argparse uses 2 for usage.
 EXIT_ERROR = 1
@@ -286,6 +287,12 @@ def _add_integrate(commands: Any, common: argparse.ArgumentParser) -> None:
         help="encoder input: PCA of Pearson residuals or of log-normalised values (default: pearson)",
     )
     integrate.add_argument(
+        "--structure",
+        choices=STRUCTURES,
+        default=STRUCTURES[0],
+        help="what the latent keeps: the most smoothed hop (domains), or every hop weighted equally (default: smoothed)",
+    )
+    integrate.add_argument(
         "--alignment",
         choices=ALIGNMENTS,
         default=ALIGNMENTS[0],
@@ -471,6 +478,7 @@ def _integrate(args: argparse.Namespace) -> int:
         encoder=args.encoder,
         n_hops=args.n_hops,
         features=args.features,
+        structure=args.structure,
         alignment=args.alignment,
         max_steps=args.max_steps,
         batch_size=args.batch_size,

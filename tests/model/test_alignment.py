@@ -124,8 +124,15 @@ def test_normalised_values_are_factorised_with_a_warning():
     assert adata.uns["inspire"]["values"] == "normalised"
 
 
-def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block():
-    """Untrained, the codes are the principal components of Â^k Y; the correction is trained, the axes are not."""
+def _block_scaled(features: np.ndarray, n_base: int) -> np.ndarray:
+    """Each hop's block scaled to the same total variance (the reference for ``multiscale_axes``)."""
+    blocks = np.split(features.astype(np.float64), features.shape[1] // n_base, axis=1)
+    return np.hstack([b / np.sqrt(b.var(axis=0).sum()) for b in blocks])
+
+
+@pytest.mark.parametrize("structure", ["multiscale", "smoothed"])
+def test_anchored_encoder_starts_at_principal_components_of_its_structure(structure):
+    """Untrained, the codes are the principal components of the block-weighted input (multiscale) or of Â^k Y."""
     from sklearn.decomposition import PCA
 
     from sd_inspire.model import InspireModel
@@ -134,13 +141,16 @@ def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block()
     adata = si.datasets.simulate(2, n_spots=150, n_genes=60, random_state=0, output="anndata")
     si.pp.preprocess(adata, n_top_genes=50)
     si.gr.spatial_neighbors(adata)
-    model = InspireModel(adata, n_factors=4, n_latent=8, random_state=0)
+    model = InspireModel(adata, n_factors=4, n_latent=8, structure=structure, random_state=0)
     encoder = model.module.encoder
     assert isinstance(encoder, AnchoredMLP)
     assert model.params["anchored"] is True
+    assert model.params["structure"] == structure
     model.is_trained = True  # query the untrained codes
     z = model.get_latent()
-    block = model.data.features[:, -model.data.n_base :]
+    features, n_base = model.data.features, model.data.n_base
+    block = _block_scaled(features, n_base) if structure == "multiscale" else features[:, -n_base:]
+    assert encoder.start == (0 if structure == "multiscale" else features.shape[1] - n_base)
     expected = PCA(8, svd_solver="full").fit_transform(block)
     # the same subspace, column by column up to sign
     corr = np.abs([np.corrcoef(z[:, j], expected[:, j])[0, 1] for j in range(8)])
@@ -149,6 +159,114 @@ def test_anchored_encoder_starts_at_principal_components_of_the_smoothed_block()
     assert "encoder.axes" not in names
     assert "encoder.correction.0.weight" in names
     assert "encoder.axes" in model.module.state_dict()  # saved with the weights
+
+
+def test_multiscale_axes_weigh_every_hop_equally_at_the_smoothed_blocks_scale():
+    from sd_inspire.model._features import multiscale_axes
+
+    rng = np.random.default_rng(0)
+    features = np.hstack([rng.standard_normal((300, 4)) * s for s in (10.0, 2.0, 1.0)]).astype(np.float32)
+    features[:, 4] = 3.0  # a constant column within a block
+    centre, axes = multiscale_axes(features, 4, 6, chunk_size=64)
+    np.testing.assert_allclose(centre, features.mean(axis=0), rtol=1e-5, atol=1e-5)
+    codes = (features - centre) @ axes
+    reference = _pca(_block_scaled(features, 4), 6)  # blocks of total variance 1
+    corr = np.abs([np.corrcoef(codes[:, j], reference[:, j])[0, 1] for j in range(6)])
+    np.testing.assert_allclose(corr, 1.0, atol=1e-4)
+    # each block is scaled to the most smoothed block's variance over the number of blocks
+    target = features[:, 8:].var(axis=0).sum() / 3
+    np.testing.assert_allclose(codes.var(axis=0), reference.var(axis=0) * target, rtol=1e-3)
+    # an all-constant block gets no weight instead of a division by zero
+    flat = features.copy()
+    flat[:, :4] = 1.0
+    centre, axes = multiscale_axes(flat, 4, 6)
+    assert np.isfinite(axes).all()
+    assert not axes[:4].any()
+
+
+def _pca(x: np.ndarray, n: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    return PCA(n, svd_solver="full").fit_transform(x)
+
+
+def test_multiscale_structure_keeps_cell_types_that_neighbours_do_not_share():
+    """Intermixed cell types with sharp markers and no domains: the multiscale codes separate them, the smoothed do not."""
+    import anndata as ad
+
+    from sd_inspire.model import InspireModel
+
+    rng = np.random.default_rng(0)
+    n_side, n_genes = 20, 30
+    xy = np.stack(np.meshgrid(np.arange(n_side), np.arange(n_side)), axis=-1).reshape(-1, 2).astype(float)
+    xy = np.vstack([xy, xy])
+    cell_type = rng.integers(0, 2, xy.shape[0])  # salt and pepper: a cell's neighbours are of either type
+    rates = np.full((2, n_genes), 2.0)
+    rates[0, :10] = rates[1, 10:20] = 30.0
+    counts = rng.poisson(rates[cell_type]).astype(np.float32)
+    adata = ad.AnnData(counts, obsm={"spatial": xy})
+    adata.obs["slice"] = np.repeat(["a", "b"], n_side * n_side)
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    si.pp.preprocess(adata, n_top_genes=n_genes)
+    si.gr.spatial_neighbors(adata)
+    scores = {}
+    for structure in ("multiscale", "smoothed"):
+        model = InspireModel(adata, n_factors=3, n_latent=4, structure=structure, random_state=0)
+        model.is_trained = True  # the anchor's codes
+        z = model.get_latent()
+        # how much of the cell type a linear read-out of the codes recovers (R²)
+        design = np.column_stack([z, np.ones(len(z))])
+        fitted = design @ np.linalg.lstsq(design, cell_type, rcond=None)[0]
+        scores[structure] = 1 - ((cell_type - fitted) ** 2).sum() / ((cell_type - cell_type.mean()) ** 2).sum()
+    assert scores["multiscale"] > 0.8, scores
+    assert scores["smoothed"] < 0.4, scores
+
+
+def test_multiscale_geometry_term_keeps_the_anchors_components():
+    """The trainer's geometry target is the projection the anchor starts at; 'smoothed' keeps Â^k Y itself."""
+    from sd_inspire.model import InspireModel
+    from sd_inspire.model._module import LossWeights
+    from sd_inspire.model._trainer import TrainConfig, Trainer
+
+    adata = si.datasets.simulate(2, n_spots=120, n_genes=40, random_state=0, output="anndata")
+    si.pp.preprocess(adata, n_top_genes=30)
+    si.gr.spatial_neighbors(adata)
+    idx = np.arange(0, 240, 7)
+    for structure in ("multiscale", "smoothed"):
+        model = InspireModel(adata, n_factors=3, n_latent=6, structure=structure, random_state=0)
+        centre, axes, start = model._structure_axes()
+        geometry = (centre, axes, start) if structure == "multiscale" else None
+        trainer = Trainer(
+            model.module, model.data, TrainConfig(n_steps=1, per_slice=16), LossWeights(),
+            rng=np.random.default_rng(0), device=torch.device("cpu"), geometry=geometry,
+        )  # fmt: skip
+        batch = trainer.batch(idx, model.data.counts)
+        features = model.data.features[idx]
+        expected = (features - centre) @ axes if structure == "multiscale" else features[:, -model.data.n_base :]
+        np.testing.assert_allclose(batch["h_geometry"].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_structure_is_checked_and_old_model_folders_load_as_smoothed(tmp_path):
+    import json
+
+    from sd_inspire.model import InspireModel
+
+    adata = si.datasets.simulate(2, n_spots=80, n_genes=30, random_state=0, output="anndata")
+    si.pp.preprocess(adata, n_top_genes=20)
+    si.gr.spatial_neighbors(adata)
+    with pytest.raises(ValueError, match="`structure` must be one of"):
+        InspireModel(adata, n_factors=3, structure="cells")
+    model = InspireModel(adata, n_factors=3, n_latent=4, structure="smoothed", random_state=0)
+    model.train(max_steps=2, show_progress_bar=False)
+    model.save(tmp_path / "old")
+    meta_file = tmp_path / "old" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["params"]["structure"]  # as written before `structure` existed
+    meta_file.write_text(json.dumps(meta))
+    for loaded in (InspireModel.load(tmp_path / "old", adata), InspireModel.load(tmp_path / "old")):
+        assert loaded.params["structure"] == "smoothed"
+        np.testing.assert_array_equal(loaded.module.encoder.axes.numpy(), model.module.encoder.axes.numpy())
+    np.testing.assert_allclose(InspireModel.load(tmp_path / "old", adata).get_latent(), model.get_latent(), atol=1e-5)
 
 
 def test_anchored_axes_pad_with_zeros_beyond_the_block_width():

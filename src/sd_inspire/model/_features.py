@@ -401,6 +401,31 @@ def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = DEFAULT_CHUNK_S
     return mean.astype(np.float32), axes
 
 
+def multiscale_axes(
+    features: np.ndarray, n_base: int, n_comp: int, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and principal axes of ``[Y, ÂY, ..., Â^k Y]`` with every hop weighted equally, in the input's coordinates.
+
+    ``features`` holds blocks of ``n_base`` columns, one per hop. Each block is scaled to the same total variance (the
+    most smoothed block's over the number of blocks, so the components keep that block's scale), the principal axes
+    of the scaled input are found, and the scaling is folded into them: ``(features - mean) @ axes`` are those
+    components. Structure that every hop holds (tissue domains) leads them; structure only the unsmoothed block holds
+    (cell types that neighbours do not share) is kept where it is strong. Axes beyond the rank are zero columns.
+    """
+    n, p = features.shape
+    n_blocks = max(p // max(n_base, 1), 1)
+    blocks = (np.asarray(features[a : a + chunk_size], dtype=np.float64) for a in range(0, n, chunk_size))
+    mean, cov = _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), features.shape)
+    block_variance = np.add.reduceat(np.diag(cov), np.arange(0, p, p // n_blocks))
+    target = block_variance[-1] / n_blocks
+    scale = np.repeat(np.sqrt(target / np.maximum(block_variance, 1e-30)), p // n_blocks)
+    scale[block_variance.repeat(p // n_blocks) <= 0] = 0.0  # a constant block carries nothing
+    axes = np.zeros((p, n_comp), dtype=np.float32)
+    k = min(n_comp, p)
+    axes[:, :k] = scale[:, None] * _top_axes(scale[:, None] * cov * scale[None, :], k)[1]
+    return mean.astype(np.float32), axes
+
+
 def _mean_and_covariance(moments: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Column means and covariance of an ``n x p`` matrix from ``(column sums, xᵀx)`` of its row blocks."""
     n, p = shape

@@ -19,7 +19,7 @@ from sd_inspire._utils import REFIT_KEY, convergence, derive_seed, judged_curve,
 from sd_inspire._validate import check_integer, check_number
 from sd_inspire.model._counts import expected_shares, slice_programs
 from sd_inspire.model._distributed import World, local_cuda_device, world
-from sd_inspire.model._features import principal_axes, within_slice_sd
+from sd_inspire.model._features import multiscale_axes, principal_axes, within_slice_sd
 from sd_inspire.model._module import GATEncoder, InspireModule, LossWeights
 from sd_inspire.model._setup import holds_counts, n_technologies, prepare
 from sd_inspire.model._trainer import (
@@ -49,6 +49,12 @@ QUERY_PASSES, QUERY_STEPS = 10, (100, 1000)
 #: The count model's final fit runs this many times the training's steps (no more than the longest default training,
 #: no fewer than the training): its factors keep sharpening into cell types after its deviance has levelled off.
 REFIT_STEPS_FACTOR = 3
+
+
+#: What the latent space keeps (``structure``): the most smoothed block alone, or every hop weighted equally.
+STRUCTURES = ("smoothed", "multiscale")
+#: ``structure`` of model folders saved before it was recorded: they were trained on the most smoothed block.
+LEGACY_STRUCTURE = "smoothed"
 
 
 def refit_steps(n_steps: int) -> int:
@@ -94,11 +100,21 @@ class InspireModel:
         Log-normalised values keep the sequencing depth, which then shapes the latent space where depth varies
         between spots; they may suit small imaging panels. A table of normalised values (no counts) always uses
         ``"lognorm"``.
+    structure
+        Which structure of the input the latent space keeps: the anchor's principal components (below) and the
+        similarities that the geometry term preserves within each slice. ``"smoothed"``: the most smoothed block
+        ``Â^k Y`` alone, tissue domains (and nothing of the cells' own identities). ``"multiscale"``: the principal
+        components of ``[Y, ÂY, ..., Â^k Y]`` with every hop weighted equally, so structure shared by a spot and its
+        neighbourhood (domains) leads, and cell identities that neighbours do not share are kept where they are
+        strong: for single-cell panels whose question is cell classes (the MERFISH hypothalamus' cell classes: about
+        0.15 -> 0.37 of ARI), at a cost to domains at single-cell resolution (simulated islands of single cells:
+        0.74 -> 0.59). *Concepts* in the docs gives the measurements. Model folders saved before this option
+        existed load as ``"smoothed"``.
     anchored
-        Anchor the ``"lgcn"`` encoder at the principal components of the most smoothed block ``Â^k Y``: the codes
-        are those components plus a learned correction that starts at zero, so training starts from the domain
-        structure of the smoothed expression and moves away from it only as far as the objective asks. Unanchored,
-        training starts from random codes. Ignored by the ``"gat"`` encoder.
+        Anchor the ``"lgcn"`` encoder at the principal components of ``structure``: the codes are those components
+        plus a learned correction that starts at zero, so training starts from the structure of the expression and
+        its neighbourhood and moves away from it only as far as the objective asks. Unanchored, training starts
+        from random codes. Ignored by the ``"gat"`` encoder.
     cross_technology
         Make the factors slice-aware (a per-slice offset of the factor logits). ``None`` switches it on when
         ``obs["technology"]`` holds more than one technology.
@@ -136,6 +152,7 @@ class InspireModel:
         n_hops: int = 3,
         n_pcs: int = 50,
         features: Literal["pearson", "lognorm"] = "pearson",
+        structure: Literal["smoothed", "multiscale"] = "smoothed",
         anchored: bool = True,
         cross_technology: bool | None = None,
         connectivity_key: str = "spatial_connectivities",
@@ -145,6 +162,8 @@ class InspireModel:
     ) -> None:
         if encoder not in ("lgcn", "gat"):
             raise ValueError(f"`encoder` must be 'lgcn' or 'gat', got {encoder!r}.")
+        if structure not in STRUCTURES:
+            raise ValueError(f"`structure` must be one of {list(STRUCTURES)}, got {structure!r}.")
         n_latent, n_hidden = (
             check_integer(n_latent, "n_latent", minimum=1),
             check_integer(n_hidden, "n_hidden", minimum=1),
@@ -191,6 +210,7 @@ class InspireModel:
             "n_hops": n_hops,
             "n_pcs": n_pcs,
             "features": features,
+            "structure": structure,
             "anchored": bool(anchored) and encoder == "lgcn",
             "cross_technology": bool(cross_technology),
             "connectivity_key": connectivity_key,
@@ -210,8 +230,7 @@ class InspireModel:
         """The untrained network for :attr:`data`: anchored encoder, programs and slice effects at the data's own."""
         data, anchor = self.data, None
         if self.params["anchored"]:
-            start = data.features.shape[1] - data.n_base
-            centre, axes = principal_axes(data.features[:, start:], self.params["n_latent"])
+            centre, axes, start = self._structure_axes()
             anchor = (torch.as_tensor(axes), torch.as_tensor(centre), start)
         n_input, n_genes, n_slices = data.features.shape[1], len(data.genes), len(data.slice_names)
         module = _build_module(self.params, n_input, data.n_base, n_genes, n_slices, anchor)
@@ -224,6 +243,23 @@ class InspireModel:
                 if data.slice_log_ratio is not None:  # and slice effects at each slice's own profile
                     module.slice_gene_effect.copy_(torch.as_tensor(data.slice_log_ratio, dtype=torch.float32))
         return module
+
+    def _structure_axes(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Centre, axes and first input column of the projection whose structure the latent space keeps.
+
+        The anchored encoder starts at it and the geometry term keeps its similarities (``structure``); computed
+        once per model.
+        """
+        if getattr(self, "_structure_cache", None) is None:
+            data, width = self.data, self.params["n_latent"]
+            if self.params["structure"] == "smoothed":
+                start = data.features.shape[1] - data.n_base
+                centre, axes = principal_axes(data.features[:, start:], width)
+            else:
+                start = 0
+                centre, axes = multiscale_axes(data.features, data.n_base, width)
+            self._structure_cache = (centre, axes, start)
+        return self._structure_cache
 
     # ------------------------------------------------------------------ training
     def train(
@@ -264,7 +300,8 @@ class InspireModel:
             1 its gradient dominates the encoder and the latent space keeps less of the spatial domains.
         alignment
             How the latent codes of different slices are brought together; the geometry term keeps each slice's own
-            structure (the similarities of its most smoothed features, ``Â^k Y``, between spots of the same slice).
+            structure (the similarities of the anchor's principal components, see ``structure``, between spots of
+            the same slice).
             ``"adversarial"``: INSPIRE's slice discriminator, which the encoder learns to fool (mixes slices well,
             but asks every slice for the same mixture of codes, so slices whose domain compositions differ, such as
             a partial section, can be pulled onto the wrong domains). ``"mnn"``: pairs of spots that are mutual
@@ -310,9 +347,11 @@ class InspireModel:
         # one stream of minibatches per rank; a single process keeps the seed's own stream
         rng = np.random.default_rng(self.seed if self.world.rank == 0 else [self.seed, self.world.rank])
         graph_encoder = self.params["encoder"] == "gat"
+        # "smoothed" keeps the similarities of the most smoothed block itself, as before `structure` existed
+        geometry = None if self.params["structure"] == "smoothed" or weights.geometry == 0 else self._structure_axes()
         trainer = Trainer(
             self.module, self.data, config, weights, rng=rng, device=self.device, graph_encoder=graph_encoder,
-            world=self.world,
+            world=self.world, geometry=geometry,
         )  # fmt: skip
         run = {**asdict(config), "loss_weights": asdict(weights)}  # everything that decides the result
         with torch.random.fork_rng(devices=[]):
@@ -947,11 +986,13 @@ def _placeholder_anchor(
 ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
     """An anchor of the right shapes for a module whose weights (anchor included) are loaded afterwards.
 
-    The anchored block, the most smoothed, is the last ``n_base`` columns of the input.
+    ``"multiscale"`` anchors read the whole input; ``"smoothed"`` ones the most smoothed block, its last ``n_base``
+    columns.
     """
     if not params["anchored"]:
         return None
-    return torch.zeros(n_base, params["n_latent"]), torch.zeros(n_base), n_input - n_base
+    start = n_input - n_base if params["structure"] == "smoothed" else 0
+    return torch.zeros(n_input - start, params["n_latent"]), torch.zeros(n_input - start), start
 
 
 def _check_same_run(saved: dict[str, Any] | None, settings: dict[str, Any], folder: Path) -> None:
@@ -972,6 +1013,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
         if not isinstance(meta, dict) or not isinstance(meta["params"], dict):
             raise TypeError("no parameters")
+        meta["params"].setdefault("structure", LEGACY_STRUCTURE)  # saved before it was recorded
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: not the metadata of a saved model (truncated or edited? {type(e).__name__}: {e})."

@@ -271,9 +271,10 @@ def _cosine(x: torch.Tensor) -> torch.Tensor:
 class AnchoredMLP(nn.Module):
     """Codes ``z = (h[:, start:] - centre) @ axes + f(h)``: a fixed linear map of the input plus a learned correction.
 
-    ``axes`` are the principal axes of the most smoothed features ``Â^k Y`` and ``f`` is an MLP whose output layer
-    starts at zero, so training starts from the principal components of the smoothed expression (the domain
-    structure a linear reduction keeps) and the other terms of the objective, the alignment above all, learn how
+    ``axes`` are principal axes of the input (of every hop weighted equally, or of the most smoothed block ``Â^k Y``
+    alone: the model's ``structure``) and ``f`` is an MLP whose output layer starts at zero, so training starts from
+    the principal components of the expression and its neighbourhood (the structure a linear reduction keeps) and
+    the other terms of the objective, the alignment above all, learn how
     far to move away from them. Without the anchor, the encoder starts from random codes and the alignment can
     settle on codes that fool the discriminator but lose domains that the input held.
 

@@ -164,6 +164,7 @@ class Trainer:
         device: torch.device,
         graph_encoder: bool = False,
         world: World | None = None,
+        geometry: tuple[np.ndarray, np.ndarray, int] | None = None,
     ) -> None:
         self.module, self.data, self.config, self.weights = module, data, config, weights
         self.device, self.rng, self.graph_encoder = device, rng, graph_encoder
@@ -175,8 +176,17 @@ class Trainer:
         self.history: dict[str, list[float]] = {}
         self._mask = torch.as_tensor(data.mask, dtype=torch.float32, device=device)
         self._features = torch.as_tensor(data.features, device=device)
-        # the geometry term keeps the similarities of the most smoothed features, the last block Â^k Y
+        # the geometry term keeps the similarities of a projection (centre, axes, first column) of the input, or
+        # without one those of the most smoothed features, the last block Â^k Y
         self._geometry_columns = slice(data.features.shape[1] - (data.n_base or data.features.shape[1]), None)
+        self._geometry_projection = None
+        if geometry is not None:
+            centre, axes, start = geometry
+            self._geometry_columns = slice(start, None)
+            self._geometry_projection = (
+                torch.as_tensor(centre, device=device),
+                torch.as_tensor(axes, device=device),
+            )
         self.anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # both ends, reach
         self.early_stop = _fresh_early_stop()
 
@@ -189,6 +199,9 @@ class Trainer:
             "mask": self._mask,
         }
         out["h_geometry"] = out["h_seed"][:, self._geometry_columns]
+        if self._geometry_projection is not None:
+            centre, axes = self._geometry_projection
+            out["h_geometry"] = (out["h_geometry"] - centre) @ axes
         out["h"] = self.encoder_input(idx) if self.graph_encoder else out["h_seed"]
         return out
 

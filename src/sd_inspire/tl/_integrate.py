@@ -36,6 +36,7 @@ def integrate(
     encoder: Literal["lgcn", "gat"] = "lgcn",
     n_hops: int = 3,
     features: Literal["pearson", "lognorm"] = "pearson",
+    structure: Literal["smoothed", "multiscale"] = "smoothed",
     max_steps: int | None = None,
     batch_size: int = 1024,
     cross_technology: bool | None = None,
@@ -83,6 +84,10 @@ def integrate(
         little of the sequencing depth) or ``"lognorm"`` (the log-normalised ``X``), see
         :class:`sd_inspire.model.InspireModel`. ``"lognorm"`` may suit small imaging panels and does worse where
         sequencing depth varies between spots (the latent space then follows the depth): compare with the default.
+    structure
+        What the latent space keeps, see :class:`sd_inspire.model.InspireModel`: ``"smoothed"`` (the most smoothed
+        hop of the input: tissue domains) or ``"multiscale"`` (every hop weighted equally: domains, and the cells' own
+        identities where they are strong; for single-cell panels annotated with cell classes rather than domains).
     max_steps
         Training steps; by default from the size of the largest slice (600 to 3000). The count model's final fit
         on the trained latent space runs three times as many, at most 3000
@@ -225,6 +230,7 @@ def integrate(
                 encoder=encoder,
                 n_hops=n_hops,
                 features=features,
+                structure=structure,
                 cross_technology=cross_technology,
                 random_state=seed,
                 device=device,
