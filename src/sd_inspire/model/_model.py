@@ -106,9 +106,9 @@ class InspireModel:
         ``Â^k Y`` alone, tissue domains (and nothing of the cells' own identities). ``"multiscale"``: the principal
         components of ``[Y, ÂY, ..., Â^k Y]`` with every hop weighted equally, so structure shared by a spot and its
         neighbourhood (domains) leads, and cell identities that neighbours do not share are kept where they are
-        strong: for single-cell panels whose question is cell classes (the MERFISH hypothalamus' cell classes: about
-        0.15 -> 0.37 of ARI), at a cost to domains at single-cell resolution (simulated islands of single cells:
-        0.74 -> 0.59). *Concepts* in the docs gives the measurements. Model folders saved before this option
+        strong: for single-cell panels whose question is cell classes (the MERFISH hypothalamus' cell classes, five
+        seeds: 0.142 -> 0.362 of probe ARI), at a cost to domains at single-cell resolution (simulated single-cell
+        islands with missing domains: 0.751 -> 0.622). *Concepts* in the docs gives the measurements. Model folders saved before this option
         existed load as ``"smoothed"``.
     anchored
         Anchor the ``"lgcn"`` encoder at the principal components of ``structure``: the codes are those components
