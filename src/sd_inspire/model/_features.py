@@ -392,9 +392,8 @@ def principal_axes(x: np.ndarray, n_comp: int, chunk_size: int = DEFAULT_CHUNK_S
 
     Axes beyond the rank of ``x`` (``n_comp`` > its width) are zero columns.
     """
-    n, p = x.shape
-    blocks = (np.asarray(x[a : a + chunk_size], dtype=np.float64) for a in range(0, n, chunk_size))
-    mean, cov = _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), x.shape)
+    p = x.shape[1]
+    mean, cov = _dense_mean_and_covariance(x, chunk_size)
     axes = np.zeros((p, n_comp), dtype=np.float32)
     k = min(n_comp, p)
     axes[:, :k] = _top_axes(cov, k)[1]
@@ -412,10 +411,9 @@ def multiscale_axes(
     components. Structure that every hop holds (tissue domains) leads them; structure only the unsmoothed block holds
     (cell types that neighbours do not share) is kept where it is strong. Axes beyond the rank are zero columns.
     """
-    n, p = features.shape
+    p = features.shape[1]
     n_blocks = max(p // max(n_base, 1), 1)
-    blocks = (np.asarray(features[a : a + chunk_size], dtype=np.float64) for a in range(0, n, chunk_size))
-    mean, cov = _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), features.shape)
+    mean, cov = _dense_mean_and_covariance(features, chunk_size)
     block_variance = np.add.reduceat(np.diag(cov), np.arange(0, p, p // n_blocks))
     target = block_variance[-1] / n_blocks
     scale = np.repeat(np.sqrt(target / np.maximum(block_variance, 1e-30)), p // n_blocks)
@@ -424,6 +422,12 @@ def multiscale_axes(
     k = min(n_comp, p)
     axes[:, :k] = scale[:, None] * _top_axes(scale[:, None] * cov * scale[None, :], k)[1]
     return mean.astype(np.float32), axes
+
+
+def _dense_mean_and_covariance(x: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and covariance of dense ``x``, accumulated over row chunks in float64."""
+    blocks = (np.asarray(x[a : a + chunk_size], dtype=np.float64) for a in range(0, x.shape[0], chunk_size))
+    return _mean_and_covariance(((b.sum(axis=0), b.T @ b) for b in blocks), x.shape)
 
 
 def _mean_and_covariance(moments: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
