@@ -96,8 +96,6 @@ def resample(design: Resampling, reference, seed: int):
     Returns an AnnData with counts in ``X``, ``obs["slice"]``, ``obs["domain"]`` (the reference's labels) and
     ``obsm["spatial"]``.
     """
-    import anndata as ad
-
     rng = np.random.default_rng(seed)
     labels = reference.obs["domain"].astype(str).to_numpy()
     keep = pd.notna(reference.obs["domain"]).to_numpy() & (labels != "nan")
@@ -107,35 +105,61 @@ def resample(design: Resampling, reference, seed: int):
     if domains.size < 2:
         raise ValueError(f"The reference {design.reference!r} has {domains.size} annotated domains; at least 2 needed.")
     pools = [np.flatnonzero(labels == d) for d in domains]
-    n_genes = counts.shape[1]
 
     # one tissue for every slice (fields from a generator of their own); each slice a rotated window of it
     field_rng = np.random.default_rng(np.random.default_rng(rng.integers(2**32)).integers(2**32))
     domains_at = random_field_domains(len(domains), design.length_scale, design.min_share, field_rng)
     parts = []
     for s in range(design.n_slices):
-        local = _layout(design.n_spots, design.layout, rng)
-        angle = rng.uniform(0, 2 * np.pi)
-        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        centre = rng.uniform(0.25, 0.75, size=2)  # the fields extend beyond the unit square
-        where = centre + ((local - 0.5) * design.window) @ rot.T
-        dom = domains_at(where)
+        local, to_tissue = slice_window(design.n_spots, design.layout, design.window, rng)
+        dom = domains_at(to_tissue(local))
         rows = np.array([rng.choice(pools[d]) for d in dom])
-        effect = rng.normal(scale=design.gene_effect, size=n_genes)
-        scale = design.depth[s % len(design.depth)] * np.exp(effect - effect.mean())
-        drawn = counts[rows].astype(np.float64).tocsr()
-        drawn.data = rng.poisson(drawn.data * scale[drawn.indices]).astype(np.float64)
-        drawn.eliminate_zeros()
+        drawn = redraw(counts[rows], design.depth[s % len(design.depth)], design.gene_effect, rng)
         coords = local * design.spacing * np.sqrt(design.n_spots)  # neighbours about `spacing` apart
-        obs = pd.DataFrame({"slice": f"slice{s}", "domain": domains[dom]}, index=[f"s{s}-{i}" for i in range(len(dom))])
-        parts.append(
-            ad.AnnData(
-                X=sparse.csr_matrix(drawn, dtype=np.float32),
-                obs=obs,
-                var=pd.DataFrame(index=reference.var_names.astype(str)),
-                obsm={"spatial": coords},
-            )
-        )
+        parts.append(slice_table(drawn, s, domains[dom], reference.var_names, coords))
+    return concat_slices(parts)
+
+
+def slice_window(n: int, layout: str, window: float, rng):
+    """About ``n`` positions of a slice (its own unit square) and the map from them to the tissue's plane.
+
+    The slice is a square window of side ``window`` (a fraction of the tissue's side), centred at a random point of
+    the tissue's middle half and rotated by a random angle.
+    """
+    local = _layout(n, layout, rng)
+    angle = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = rng.uniform(0.25, 0.75, size=2)  # the fields extend beyond the unit square
+    return local, lambda points: centre + ((points - 0.5) * window) @ rot.T
+
+
+def redraw(counts, depth: float, gene_effect: float, rng) -> sparse.csr_matrix:
+    """``Poisson(x · depth · f_g)`` of sparse counts, ``f_g`` log-normal gene effects (sd ``gene_effect``, centred)."""
+    effect = rng.normal(scale=gene_effect, size=counts.shape[1])
+    scale = depth * np.exp(effect - effect.mean())
+    drawn = sparse.csr_matrix(counts).astype(np.float64).tocsr()
+    drawn.data = rng.poisson(drawn.data * scale[drawn.indices]).astype(np.float64)
+    drawn.eliminate_zeros()
+    return drawn
+
+
+def slice_table(counts, s: int, domains, var_names, coords):
+    """One slice as AnnData: counts, ``obs["slice"]`` ("slice{s}"), ``obs["domain"]``, ``obsm["spatial"]``."""
+    import anndata as ad
+
+    obs = pd.DataFrame({"slice": f"slice{s}", "domain": domains}, index=[f"s{s}-{i}" for i in range(len(domains))])
+    return ad.AnnData(
+        X=sparse.csr_matrix(counts, dtype=np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(var_names).astype(str)),
+        obsm={"spatial": coords},
+    )
+
+
+def concat_slices(parts):
+    """The slices as one table, ``obs["slice"]`` categorical."""
+    import anndata as ad
+
     table = ad.concat(parts, merge="same")
     table.obs["slice"] = pd.Categorical(table.obs["slice"].astype(str))
     return table

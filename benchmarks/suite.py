@@ -21,9 +21,11 @@ planes, the last shipped as normalised values) and regimes of :func:`sd_inspire.
 real data varies: geometry (layers, islands, gradients), resolution (spot to single cell), panel size (100 to 5,000
 genes), depth, 2 to 8 slices, partial sections and slices missing domains, weak and strong slice effects; and two
 sets of a second generator that shares nothing with it (``benchmarks/_resample.py``: real DLPFC spots and real
-BaristaSeq cells drawn into irregular random-field domains, with per-slice depth factors and gene effects).
-Simulated and resampled data are drawn anew for every seed; real sets are fixed and the seed drives the methods and
-the probe.
+BaristaSeq cells drawn into irregular random-field domains, with per-slice depth factors and gene effects), and two
+of a third (``benchmarks/_mixtures.py``: domains that share cell types and differ in their proportions, built from
+real Xenium cells, pooled about eight per spot in wavy layers or drawn one per cell in random-field niches).
+Simulated, resampled and mixed data are drawn anew for every seed; real sets are fixed and the seed drives the
+methods and the probe.
 
 Methods: PCA of per-slice z-scores of the log expression (``PCA(z)``), PCA of its two-hop neighbour smoothing
 (``PCA(Â²z)``), Harmony on those components (``harmonypy``), NMF of the counts (factor recovery only) and
@@ -55,6 +57,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED_DATA, setup
+from _mixtures import Mixing, mix
 from _resample import Resampling, resample
 
 PEERS = ("CellCharter", "GraphST", "INSPIRE (published)")
@@ -73,12 +76,15 @@ class Dataset:
     """A labelled multi-slice dataset of the suite."""
 
     name: str
-    kind: str  # "real", "simulated" (datasets.simulate) or "resampled" (real spots in new layouts, _resample.py)
+    # "real", "simulated" (datasets.simulate), "resampled" (real spots in new layouts, _resample.py) or "mixed"
+    # (real cells pooled by domain compositions, _mixtures.py)
+    kind: str
     description: str
     simulate: dict = field(default_factory=dict)  # keyword arguments of datasets.simulate
     loader: str = ""  # name of a loader function for real data
     quick: bool = False  # part of --quick
     resampling: Resampling | None = None  # the design of a resampled dataset
+    mixing: Mixing | None = None  # the design of a mixed dataset
 
     def load(self, seed: int, quick: bool):
         """The raw table: counts (or normalised values) in X, obs["slice"], obs["domain"], obsm["spatial"]."""
@@ -89,6 +95,9 @@ class Dataset:
             if quick:
                 design = replace(design, n_spots=min(design.n_spots, 600))
             return resample(design, globals()[design.reference](), seed)
+        if self.kind == "mixed":
+            design = self.mixing if not quick else replace(self.mixing, n_spots=min(self.mixing.n_spots, 600))
+            return mix(design, seed)
         import sd_inspire as si
 
         kwargs = dict(self.simulate)
@@ -180,6 +189,18 @@ DATASETS = [
         "resampled",
         "real BaristaSeq cells drawn into irregular domains (benchmarks/_resample.py), 4 slices, depth x1 to x0.5",
         resampling=Resampling("load_baristaseq", 4, 1500, "cells", 15.0, (1.0, 0.7, 1.0, 0.5), 0.3),
+    ),
+    Dataset(
+        "mixed: Xenium cells pooled into spots, wavy layers",
+        "mixed",
+        "real Xenium cells of 14 types pooled ~8 per spot by layer compositions (benchmarks/_mixtures.py), 3 slices",
+        mixing=Mixing(3, 2000, "layers", 6, 8.0, 0.8, 100.0, (1.0, 0.5, 0.3), 0.4),
+    ),
+    Dataset(
+        "mixed: Xenium single cells, random-field niches",
+        "mixed",
+        "real Xenium cells drawn by niche compositions (benchmarks/_mixtures.py), 4 slices, depth x1 to x0.5",
+        mixing=Mixing(4, 2000, "fields", 5, 1.0, 0.0, 15.0, (1.0, 0.7, 0.5, 1.0), 0.3),
     ),
 ]
 
