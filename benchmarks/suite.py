@@ -90,14 +90,13 @@ class Dataset:
         """The raw table: counts (or normalised values) in X, obs["slice"], obs["domain"], obsm["spatial"]."""
         if self.kind == "real":
             return globals()[self.loader]()
-        if self.kind == "resampled":
-            design = self.resampling
+        if self.kind in ("resampled", "mixed"):
+            design = self.resampling if self.kind == "resampled" else self.mixing
             if quick:
                 design = replace(design, n_spots=min(design.n_spots, 600))
+            if self.kind == "mixed":
+                return mix(design, seed)
             return resample(design, globals()[design.reference](), seed)
-        if self.kind == "mixed":
-            design = self.mixing if not quick else replace(self.mixing, n_spots=min(self.mixing.n_spots, 600))
-            return mix(design, seed)
         import sd_inspire as si
 
         kwargs = dict(self.simulate)
