@@ -396,7 +396,9 @@ def test_integrate_summary(integrated):
     assert "integrated 300 spots in 2 slices (slice0: 150, slice1: 150); 100 genes in the model" in stdout
     assert "training: 10 steps in " in stdout
     # judged on the count model's final fit, three times the training's 10 steps
-    assert re.search(r"convergence \(final fit of the factors\): loss changed [+-]\d+\.\d% over the last tenth", stdout)
+    assert re.search(
+        r"convergence of the final fit of the factors: loss changed [+-]\d+\.\d% over the last tenth", stdout
+    )
     terms = next(line for line in stdout.splitlines() if line.startswith("final loss terms: "))
     assert terms.startswith("final loss terms: loss ")
     assert "poisson" in terms
@@ -582,7 +584,7 @@ def test_integrate_preprocessing_and_domain_options(sim_store, tmp_path):
     ("history", "expected"),
     [
         ({"loss": [3.0] * 5, "factor_refit": [2.0] * 15}, "15 steps are too few to tell whether the final fit of the"),
-        ({"loss": [3.0] * 8}, "8 steps are too few to tell whether the training converged"),  # a query: no final fit
+        ({"loss": [3.0] * 8}, "8 steps are too few to tell whether training converged"),  # a query: no final fit
     ],
 )
 def test_summary_of_a_run_too_short_to_judge_names_the_judged_curve(history, expected, tmp_path, capsys):

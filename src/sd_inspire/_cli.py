@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sd_inspire._constants import Key
+from sd_inspire._constants._constants import ALIGNMENTS, ENCODERS, FEATURES, STRUCTURES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
 
 PROG = "sd-inspire"
 TECHNOLOGIES = ("visium", "stereoseq", "slideseq", "merfish")
-#: Choices of ``tl.integrate``'s ``encoder``, ``features``, ``structure`` and ``alignment`` (the first is its default).
-ENCODERS = ("lgcn", "gat")
-FEATURES = ("pearson", "lognorm")
-STRUCTURES = ("smoothed", "multiscale")
-ALIGNMENTS = ("both", "adversarial", "mnn")
 #: Exit status of an error the user can fix (wrong path, unreadable file, bad value); argparse uses 2 for usage.
 EXIT_ERROR = 1
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -625,16 +621,16 @@ def _summary(
     per_model = f" per model, {n_models} models" if n_models > 1 else ""
     command = "integrate" if verb == "integrated" else "map"
     _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; {command} took {seconds:.1f} s in all")
-    from sd_inspire._utils import REFIT_KEY, judged_curve
+    from sd_inspire._utils import fit_name, judged_curve
 
     change = float(uns.get("loss_change", math.nan))
     judged = judged_curve(history)
-    fit = "final fit of the factors" if judged == REFIT_KEY else "training"
+    fit = fit_name(judged)
     if math.isnan(change):
-        _stdout(f"convergence: {len(history.get(judged, []))} steps are too few to tell whether the {fit} converged")
+        _stdout(f"convergence: {len(history.get(judged, []))} steps are too few to tell whether {fit} converged")
     else:
         verdict = "converged" if uns.get("converged", False) else "NOT converged (raise --max-steps)"
-        _stdout(f"convergence ({fit}): loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
+        _stdout(f"convergence of {fit}: loss changed {100 * change:+.1f}% over the last tenth of the steps: {verdict}")
     _stdout("final loss terms: " + ", ".join(f"{k} {_last(v):.4g}" for k, v in history.items()))
     if getattr(args, "n_domains", None):
         sizes = table.obs[Key.INSPIRE_DOMAIN].value_counts().sort_index()

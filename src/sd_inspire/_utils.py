@@ -281,3 +281,8 @@ def judged_curve(history) -> str:
     A mapped query has no final fit (its encoder and programs are the reference's): its training loss is judged.
     """
     return REFIT_KEY if REFIT_KEY in history else "loss"
+
+
+def fit_name(curve: str) -> str:
+    """What a history curve (a key of ``uns["inspire"]["history"]``, see :func:`judged_curve`) is the loss of."""
+    return "the final fit of the factors" if curve == REFIT_KEY else "training"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 
 def is_integer(value: Any) -> bool:
@@ -60,4 +63,11 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, positiv
         raise ValueError(f"`{name}` must be positive, got {value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}.")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Collection) -> Any:
+    """``value`` if it is one of ``choices``; else a ``ValueError`` that lists them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
     return value

@@ -257,6 +257,9 @@ def test_structure_is_checked_and_old_model_folders_load_as_smoothed(tmp_path):
     with pytest.raises(ValueError, match="`structure` must be one of"):
         InspireModel(adata, n_factors=3, structure="cells")
     model = InspireModel(adata, n_factors=3, n_latent=4, structure="smoothed", random_state=0)
+    with pytest.raises(ValueError, match=r"`alignment` must be one of \['both', 'adversarial', 'mnn'\], got 'harmony'"):
+        model.train(max_steps=2, alignment="harmony", show_progress_bar=False)  # was: trained with no alignment
+    assert not model.is_trained
     model.train(max_steps=2, show_progress_bar=False)
     model.save(tmp_path / "old")
     meta_file = tmp_path / "old" / "model.json"

@@ -297,7 +297,7 @@ def test_features_pearson_leave_out_depth_lognorm_keep_it():
         y = model.data.features
         r2[features] = LinearRegression().fit(y, log_depth).score(y, log_depth)
     assert r2["pearson"] < r2["lognorm"] - 0.2, r2
-    with pytest.raises(ValueError, match="`features` must be 'pearson' or 'lognorm', got 'pca'"):
+    with pytest.raises(ValueError, match=r"`features` must be one of \['pearson', 'lognorm'\], got 'pca'"):
         InspireModel(adata, n_factors=3, features="pca")
 
 

@@ -104,6 +104,19 @@ def test_bad_inputs():
         si.tl.integrate(negative, **FAST)
 
 
+@pytest.mark.parametrize("option", ["encoder", "features", "structure", "alignment"])
+def test_options_are_checked_before_preprocessing(monkeypatch, option):
+    """A misspelt option fails at once, naming it, before the preprocessing and the graph (and never trains)."""
+    _fail_if_trained(monkeypatch)
+    monkeypatch.setattr(
+        si.pp, "preprocess", lambda *a, **k: pytest.fail("preprocessed before the options were checked")
+    )
+    table = _sdata()["table"]  # raw counts, no graph: tl.integrate would preprocess and build the graph first
+    with pytest.raises(ValueError, match=f"`{option}` must be one of .*, got 'harmony'"):
+        si.tl.integrate(table, **{option: "harmony"}, max_steps=5, show_progress_bar=False)
+    assert "X_inspire" not in table.obsm
+
+
 def _fail_if_trained(monkeypatch):
     from sd_inspire.model import InspireModel
 

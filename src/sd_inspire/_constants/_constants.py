@@ -20,6 +20,14 @@ class Technology(StrEnum):
     UNKNOWN = "unknown"
 
 
+#: Choices of :func:`sd_inspire.tl.integrate`'s options, the first of each its default (the model and the CLI read
+#: these): the graph encoder, the encoder's input, what the latent space keeps, and how slices are aligned.
+ENCODERS = ("lgcn", "gat")
+FEATURES = ("pearson", "lognorm")
+STRUCTURES = ("smoothed", "multiscale")
+ALIGNMENTS = ("both", "adversarial", "mnn")
+
+
 class Key:
     """Names of the keys that sd-inspire reads and writes in tables and SpatialData objects."""
 

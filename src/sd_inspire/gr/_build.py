@@ -14,6 +14,7 @@ from sd_inspire._constants import Key, Technology
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, quiet, timed
 from sd_inspire._utils import check_unique_obs_names, get_slices, get_spatial, get_table, maybe_copy
+from sd_inspire._validate import check_choice
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -95,8 +96,7 @@ def spatial_neighbors(
     >>> int(sdata["table"].obsp["spatial_connectivities"].sum(axis=1).max())
     6
     """
-    if method not in ("auto", "grid", "knn", "radius", "delaunay"):
-        raise ValueError(f"`method` must be one of auto, grid, knn, radius, delaunay; got {method!r}.")
+    check_choice(method, "method", ("auto", "grid", "knn", "radius", "delaunay"))
     if method == "radius" and radius is None:
         raise ValueError("`method='radius'` needs `radius=` (in the units of the coordinates).")
     if radius is not None and not radius > 0:

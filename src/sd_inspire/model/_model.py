@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from sd_inspire._constants import Key
+from sd_inspire._constants._constants import ALIGNMENTS, ENCODERS, FEATURES, STRUCTURES, Key
 from sd_inspire._logging import logger
-from sd_inspire._utils import REFIT_KEY, convergence, derive_seed, judged_curve, random_generator
-from sd_inspire._validate import check_integer, check_number
+from sd_inspire._utils import REFIT_KEY, convergence, derive_seed, fit_name, judged_curve, random_generator
+from sd_inspire._validate import check_choice, check_integer, check_number
 from sd_inspire.model._counts import expected_shares, slice_programs
 from sd_inspire.model._distributed import World, local_cuda_device, world
 from sd_inspire.model._features import multiscale_axes, principal_axes, within_slice_sd
@@ -51,8 +51,6 @@ QUERY_PASSES, QUERY_STEPS = 10, (100, 1000)
 REFIT_STEPS_FACTOR = 3
 
 
-#: What the latent space keeps (``structure``): the most smoothed block alone, or every hop weighted equally.
-STRUCTURES = ("smoothed", "multiscale")
 #: ``structure`` of model folders saved before it was recorded: they were trained on the most smoothed block.
 LEGACY_STRUCTURE = "smoothed"
 
@@ -160,18 +158,15 @@ class InspireModel:
         random_state: int | None = 0,
         device: str | torch.device = "auto",
     ) -> None:
-        if encoder not in ("lgcn", "gat"):
-            raise ValueError(f"`encoder` must be 'lgcn' or 'gat', got {encoder!r}.")
-        if structure not in STRUCTURES:
-            raise ValueError(f"`structure` must be one of {list(STRUCTURES)}, got {structure!r}.")
+        check_choice(encoder, "encoder", ENCODERS)
+        check_choice(structure, "structure", STRUCTURES)
         n_latent, n_hidden = (
             check_integer(n_latent, "n_latent", minimum=1),
             check_integer(n_hidden, "n_hidden", minimum=1),
         )
         n_hops, n_pcs = check_integer(n_hops, "n_hops", minimum=0), check_integer(n_pcs, "n_pcs", minimum=2)
         n_factors = check_integer(n_factors, "n_factors", minimum=2)
-        if features not in ("pearson", "lognorm"):
-            raise ValueError(f"`features` must be 'pearson' or 'lognorm', got {features!r}.")
+        check_choice(features, "features", FEATURES)
         if not holds_counts(adata):
             warnings.warn(
                 "The table holds normalised values, not counts (`uns['preprocess']['counts_are_integer']` is "
@@ -371,6 +366,7 @@ class InspireModel:
     ) -> tuple[TrainConfig, LossWeights]:  # fmt: skip
         """The checked settings of a training run (see :meth:`train`), with its default length filled in."""
         batch_size, lr = check_integer(batch_size, "batch_size", minimum=1), check_number(lr, "lr", positive=True)
+        check_choice(alignment, "alignment", ALIGNMENTS)
         if max_steps is not None:
             max_steps = check_integer(max_steps, "max_steps", minimum=1)
         per_slice = max(1, batch_size // len(self.data.slice_names))
@@ -437,21 +433,21 @@ class InspireModel:
 
     def _warn_unless_converged(self) -> None:
         """Warn (first process only) when the judged loss curve has not levelled off, or is too short to tell."""
-        check, steps = self.convergence, len(self.history.get("loss", []))
+        check, training_steps = self.convergence, len(self.history.get("loss", []))
         judged = judged_curve(self.history)
-        what = "the final fit of the factors" if judged == REFIT_KEY else "training"
+        what, steps = fit_name(judged).capitalize(), len(self.history.get(judged, []))
         if self.world.is_main and np.isnan(check["loss_change"]):
-            logger.warning("Training ran %d steps, too few to tell whether %s converged.", steps, what)
+            logger.warning("%s ran %d steps, too few to tell whether it converged.", what, steps)
         elif self.world.is_main and not check["converged"]:
             logger.warning(
                 "%s may not have converged: its mean loss changed by %.1f%% from the second-to-last to the last "
                 "tenth of the %d steps (tolerance: a fall of %.0f%%). More steps (`max_steps=%d`) may change the "
                 "results; `si.pl.history` shows the loss curves.",
-                what[0].upper() + what[1:],
+                what,
                 100 * check["loss_change"],
-                len(self.history.get(judged, [])),
+                steps,
                 100 * check["tolerance"],
-                2 * steps,
+                2 * training_steps,
             )
 
     @property

@@ -10,6 +10,7 @@ import numpy as np
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
 from sd_inspire._utils import factor_label, get_slices, get_spatial, get_table, is_spatialdata
+from sd_inspire._validate import check_choice
 from sd_inspire.pl._base import (
     Colors,
     as_matrix,
@@ -44,8 +45,7 @@ _RANK_LABELS = {"specificity": "specificity\nB log(B/mean B)", "loading": "loadi
 
 
 def _check_rank(rank: str) -> None:
-    if rank not in _RANKS:
-        raise ValueError(f"`rank` must be one of {_RANKS}, got {rank!r}.")
+    check_choice(rank, "rank", _RANKS)
 
 
 @d.dedent

@@ -23,7 +23,7 @@ from sd_inspire._utils import (
     median_neighbour_distance,
     random_generator,
 )
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 from sd_inspire.io._write import write_table_into_store
 from sd_inspire.tl._registration_metrics import rotation_angle
 
@@ -209,8 +209,7 @@ def align(
     >>> adata.obsm["spatial_aligned"].shape
     (800, 3)
     """
-    if model not in _MODELS:
-        raise ValueError(f"`model` must be one of {list(_MODELS)}, got {model!r}.")
+    check_choice(model, "model", _MODELS)
     n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)
     refine = check_integer(refine, "refine", minimum=0)
     rng = random_generator(random_state)

@@ -10,6 +10,7 @@ import pandas as pd
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger
 from sd_inspire._utils import factor_label, get_table, is_spatialdata, maybe_copy
+from sd_inspire._validate import check_choice
 from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 from sd_inspire.tl.metrics import _missing
 
@@ -162,8 +163,7 @@ def differential_factors(
 
 def _factor_proportions(adata: AnnData, condition_key: str, sample_key: str, key: str, transform: str) -> np.ndarray:
     """The spots' factor proportions ``obsm[f"{key}_factors"]``, after checking the arguments that name columns."""
-    if transform not in _TRANSFORMS:
-        raise ValueError(f"`transform` must be one of {list(_TRANSFORMS)}, got {transform!r}.")
+    check_choice(transform, "transform", _TRANSFORMS)
     for name, column in (("condition_key", condition_key), ("sample_key", sample_key)):
         if column not in adata.obs:
             raise KeyError(f"No column {column!r} in `adata.obs` for `{name}` (columns: {list(adata.obs.columns)}).")

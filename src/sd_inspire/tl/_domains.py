@@ -19,7 +19,7 @@ from sd_inspire._utils import (
     maybe_copy,
     random_generator,
 )
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 
 if TYPE_CHECKING:
@@ -174,8 +174,7 @@ def domains(
     >>> adata.obs["inspire_domain"].cat.categories.tolist()
     ['0', '1', '2']
     """
-    if method not in _METHODS:
-        raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
+    check_choice(method, "method", _METHODS)
     n_domains = check_integer(n_domains, "n_domains", type_error=True)
     rng = random_generator(random_state)
     adata = maybe_copy(get_table(data, table_key), copy)

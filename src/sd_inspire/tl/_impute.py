@@ -22,7 +22,7 @@ from sd_inspire._utils import (
     maybe_copy,
     measured_mask,
 )
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 from sd_inspire.io._write import check_table_matches_store, write_table_into_store
 from sd_inspire.model import expected_shares, slice_programs
 
@@ -138,8 +138,7 @@ def impute(
     >>> table.uns["inspire_imputed"]["n_genes_predicted"]
     {'slice0': 0, 'slice1': 3}
     """
-    if method not in _METHODS:
-        raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
+    check_choice(method, "method", _METHODS)
     if observed not in ("keep", "predict"):
         raise ValueError(f"`observed` must be 'keep' or 'predict', got {observed!r}.")
     n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from sd_inspire._constants import Key
+from sd_inspire._constants._constants import ALIGNMENTS, ENCODERS, FEATURES, STRUCTURES
 from sd_inspire._docs import d
 from sd_inspire._logging import log_added, logger, timed
 from sd_inspire._utils import SEED_BOUND, get_slices, get_table, is_spatialdata, table_name, values_are_counts
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 from sd_inspire.io._write import add_factor_table, check_table_matches_store
 from sd_inspire.tl._ensemble import Member, combine
 from sd_inspire.tl.metrics import redundant_factors
@@ -196,6 +197,13 @@ def integrate(
     adata = table.copy() if copy else table
     slices = get_slices(adata, slice_key)
     n_models = check_integer(n_models, "n_models", minimum=1)
+    for name, value, choices in (
+        ("encoder", encoder, ENCODERS),
+        ("features", features, FEATURES),
+        ("structure", structure, STRUCTURES),
+        ("alignment", alignment, ALIGNMENTS),
+    ):
+        check_choice(value, name, choices)  # before preprocessing and the graph, which can take minutes
     _check_model_dir(model_dir, n_models)
     if uncertainty is None:
         uncertainty = n_models > 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -150,8 +150,7 @@ def per_group_scores(
     >>> per_group_scores(["a", "b", "a", "b"], [0, 1, 0, 0], groups=["s1", "s1", "s2", "s2"])
     {'s1': 1.0, 's2': 0.0}
     """
-    if score not in _SCORES:
-        raise ValueError(f"`score` must be one of {list(_SCORES)}, got {score!r}.")
+    check_choice(score, "score", _SCORES)
     true = _as_1d(labels_true, "labels_true")
     pred = _as_1d(labels_pred, "labels_pred")
     group = _as_1d(groups, "groups")
