@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,6 +101,30 @@ def test_non_integer_input_warns_and_is_not_counted(sim_adata):
     assert sim_adata.uns["preprocess"]["counts_are_integer"] is False
     assert sim_adata.var["highly_variable"].sum() == 30
     assert sim_adata.X.max() < 50  # log scale
+
+
+def test_non_integer_input_keeps_the_thread_count_of_torch():
+    # scanpy's "seurat" dispersion starts numba's OpenMP pool, which set the OpenMP threads of the process (torch's
+    # too) to NUMBA_NUM_THREADS: a model trained after preprocess summed floats over another number of threads than
+    # the user set, so its result depended on what ran earlier in the process. A fresh process: the pool starts once.
+    script = textwrap.dedent(
+        """
+        import warnings
+        import numpy as np, torch
+        import sd_inspire as si
+        torch.set_num_threads(1)
+        torch.get_num_threads()  # torch applies its count to a thread on first use only: later changes stick
+        a = si.datasets.simulate(2, n_spots=100, n_genes=60, output="anndata", random_state=1)
+        a.X = a.X.multiply(1.5).tocsr().astype(np.float32)
+        warnings.simplefilter("ignore")
+        si.pp.preprocess(a, n_top_genes=20)
+        print(torch.get_num_threads())
+        """
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "1"
 
 
 def test_negative_counts(sim_adata):

@@ -40,6 +40,9 @@ def test_integrate_spatialdata_writes_every_key():
     assert uns["loss_change"] == pytest.approx(check["loss_change"])
     assert uns["converged"] is check["converged"]
     assert "torch" in uns["versions"]
+    import torch
+
+    assert uns["train_params"]["torch_threads"] == torch.get_num_threads()  # float sums depend on it: recorded
     redundant = uns["redundant_factors"]
     assert list(redundant.columns) == ["factor", "similar_to", "program_similarity", "usage_correlation"]
     expected = si.tl.metrics.redundant_factors(loadings[in_model], beta)

@@ -353,7 +353,8 @@ class InspireModel:
             torch.manual_seed(self.seed + 1)
             checkpoint = None if checkpoint_dir is None else self._resume(trainer, Path(checkpoint_dir), run)
             self.history = trainer.fit(show_progress_bar=show_progress_bar, checkpoint_path=checkpoint)
-        self.train_params = {**run, "batch_size": batch_size}
+        # the thread count is recorded, not matched: float sums, and so the last digits of the result, depend on it
+        self.train_params = {**run, "batch_size": batch_size, "torch_threads": torch.get_num_threads()}
         self.is_trained = True
         del trainer  # its minibatch buffers (counts read from disk) are not needed by the final fit
         if self.mapped_onto is None and weights.poisson > 0:

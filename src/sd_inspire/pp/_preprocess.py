@@ -486,11 +486,15 @@ def _clipped_sums(
 def _seurat_dispersion(x: sparse.csr_matrix) -> np.ndarray:
     """Scanpy's ``"seurat"`` normalised dispersion of non-integer (normalised) data, on their log scale."""
     import scanpy as sc
+    from threadpoolctl import threadpool_limits
 
     if x.shape[1] == 0:
         return np.zeros(0)
     tmp = AnnData(X=_as_log(x, bool(x.nnz) and float(x.max()) > _LOG_SCALE_MAX))
-    with warnings.catch_warnings():
+    # threadpool_limits() restores every OpenMP / BLAS thread count on exit: scanpy's first numba call starts
+    # numba's OpenMP pool, which sets the process's OpenMP threads (torch's too, when torch is loaded) to all
+    # cores; training would then run with another thread count, so other float sums, than the user set
+    with warnings.catch_warnings(), threadpool_limits():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, flavor="seurat")
     return tmp.var["dispersions_norm"].to_numpy(dtype=float)
