@@ -7,8 +7,9 @@
 Prints and saves (benchmarks/results/dlpfc.csv/.md; ``--name`` changes the file name) per seed: per-slice and
 pooled ARI/NMI of GMM domains (K=7) against the layers, within-layer batch mixing, factor diversity, wall time and
 peak memory; the same scores for a plain baseline (PCA of neighbour-smoothed expression, GMM) and a summary over
-seeds. Each representation is clustered as is and with ``tl.domains(refine=3)`` (neighbour majority vote after the
-GMM); rows marked "9→7" fit a GMM with ``--n-components`` components and merge them into 7 domains
+seeds. Each representation is clustered as is (``tl.domains(smooth=0)``), with ``tl.domains(smooth=0, refine=3)``
+(neighbour majority vote after the GMM) and averaged once over the neighbours first (``smooth=1``, the default of
+``tl.domains``); rows marked "9→7" fit a GMM with ``--n-components`` components and merge them into 7 domains
 (``tl.domains(n_components=9, refine=3)``; ``--n-components 0`` leaves these rows out). Rows named "factors"
 cluster the centred log-ratios of the spatial factors (``tl.domains(use_rep="inspire_factors")``) instead of the
 latent space. sd-inspire runs once per latent width in ``--n-latent`` (default: ``tl.integrate``'s), with
@@ -104,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     prep_seconds = time.perf_counter() - start
 
     # GMM with K=7 as is, with a neighbour majority vote, and with more components merged into 7 domains
-    clusterings = [("", {}), (", refine=3", {"refine": 3})]
+    # "as is": no smoothing over neighbours (tl.domains' default since session 31 is one hop: its own rows)
+    clusterings = [("", {"smooth": 0}), (", refine=3", {"smooth": 0, "refine": 3}), (", smooth=1", {"smooth": 1})]
     if args.n_components:
-        clusterings.append((f", {args.n_components}→7, refine=3", {"refine": 3, "n_components": args.n_components}))
+        clusterings.append(
+            (f", {args.n_components}→7, refine=3", {"smooth": 0, "refine": 3, "n_components": args.n_components})
+        )
     rows = []
     # baseline: PCA (30) of the 2-hop neighbour-smoothed log expression, GMM
     from sklearn.decomposition import PCA

@@ -11,7 +11,8 @@ PCA of the log expression and PCA of the neighbour-smoothed log expression (Â²
 sd-inspire runs once per latent width in ``--n-latent`` and encoder input in ``--features`` (the defaults of
 ``tl.integrate`` are labelled plainly), with ``--n-hops`` hops. Rows marked "K+2→K" fit a GMM with
 ``--extra-components`` more components than domains and merge them (``tl.domains(n_components=K + 2)``;
-``--extra-components 0`` leaves these rows out).
+``--extra-components 0`` leaves these rows out). Domains are clustered as is (``tl.domains(smooth=0)``) and, in rows
+marked "smooth=1", after one round of averaging over the neighbours (the default of ``tl.domains``).
 Writes benchmarks/results/simulated.csv/.md (``--name`` changes the file name).
 """
 
@@ -80,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 4, n_spots=args.n_spots, n_genes=args.n_genes, random_state=seed, output="anndata", **kwargs
             )
             n_domains = adata.obs["domain"].nunique()
-            clusterings = [("", {})]
+            # "as is": no smoothing over neighbours (tl.domains' default since session 31 is one hop: its own rows)
+            clusterings = [("", {"smooth": 0}), (", smooth=1", {"smooth": 1})]
             if args.extra_components:
                 merged = f", K+{args.extra_components}→K"
-                clusterings.append((merged, {"n_components": n_domains + args.extra_components}))
+                clusterings.append((merged, {"smooth": 0, "n_components": n_domains + args.extra_components}))
             gene_space = "union" if scenario == "cross-technology" else "shared"
             si.pp.preprocess(adata, n_top_genes=min(2000, args.n_genes), gene_space=gene_space)
             si.gr.spatial_neighbors(adata)

@@ -565,16 +565,21 @@ def test_map_end_to_end(integrated, tmp_path):
 def test_integrate_preprocessing_and_domain_options(sim_store, tmp_path):
     out = tmp_path / "o.zarr"
     argv = [sim_store, "-o", out, "--n-factors", "3", "--max-steps", "5", "--batch-size", "128", "--no-progress"]
-    extra = ["--n-top-genes", "40", "--gene-space", "union", "--n-domains", "3", "--refine", "2"]
+    extra = ["--n-top-genes", "40", "--gene-space", "union", "--n-domains", "3", "--refine", "2", "--smooth", "2"]
     code, _, stderr = run("integrate", *argv, *extra)
     assert code == 0, stderr
     table = spatialdata.read_zarr(out)["table"]
     assert table.uns["preprocess"]["n_top_genes"] == 40
     assert table.uns["preprocess"]["gene_space"] == "union"
     assert table.uns["inspire_domain"]["refine"] == 2
-    code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "p.zarr", "--refine", "2")
-    assert code == 2
-    assert "--refine needs --n-domains" in stderr
+    assert table.uns["inspire_domain"]["smooth"] == 2
+    for flag in ("--refine", "--smooth"):
+        code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "p.zarr", flag, "2")
+        assert code == 2
+        assert f"{flag} needs --n-domains" in stderr
+    code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "p.zarr", "--n-domains", "3", "--smooth", "-1")
+    assert code == 1
+    assert "--smooth must be an integer >= 0, got -1" in stderr
     code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "p.zarr", "--n-top-genes", "0")
     assert code == 1
     assert "--n-top-genes must be a positive integer" in stderr

@@ -314,6 +314,13 @@ def _add_integrate(commands: Any, common: argparse.ArgumentParser) -> None:
         help="fit C GMM components and merge them into the K domains, e.g. K+2 for layered tissue (default: K)",
     )
     integrate.add_argument(
+        "--smooth",
+        type=int,
+        metavar="S",
+        help="rounds of averaging the latent space over the spatial graph before clustering the domains; 0 for "
+        "small, sharply bounded domains or cell classes (default: 1)",
+    )
+    integrate.add_argument(
         "--refine",
         type=int,
         metavar="R",
@@ -425,10 +432,12 @@ def _integrate(args: argparse.Namespace) -> int:
     _check_options(args, ("n_factors", "n_latent", "n_domains", "max_steps", "batch_size", "n_models", "n_top_genes"))
     if args.n_components is not None and not args.n_domains:
         _usage(args, "--n-components needs --n-domains")
-    if args.refine is not None and not args.n_domains:
-        _usage(args, "--refine needs --n-domains")
-    if args.refine is not None and args.refine < 0:
-        raise CLIError(f"--refine must be an integer >= 0, got {args.refine}")
+    for flag in ("smooth", "refine"):
+        value = getattr(args, flag)
+        if value is not None and not args.n_domains:
+            _usage(args, f"--{flag} needs --n-domains")
+        if value is not None and value < 0:
+            raise CLIError(f"--{flag} must be an integer >= 0, got {value}")
     if args.n_components is not None and args.n_components < args.n_domains:
         raise CLIError(f"--n-components must be at least --n-domains ({args.n_domains}), got {args.n_components}")
     if args.n_hops < 0:
@@ -490,6 +499,7 @@ def _integrate(args: argparse.Namespace) -> int:
             sdata,
             n_domains=args.n_domains,
             n_components=args.n_components,
+            smooth=args.smooth,
             refine=_DEFAULT_REFINE if args.refine is None else args.refine,
             random_state=args.seed,
             show_progress_bar=not args.no_progress,

@@ -316,13 +316,29 @@ def _noisy_domains(adata, *, seed: int, noise: float) -> np.ndarray:
 
 def test_smooth_makes_domains_contiguous(sim_adata):
     truth = _noisy_domains(sim_adata, seed=0, noise=1.2)
-    raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
+    raw = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=0, copy=True).obs["inspire_domain"]
     smooth = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=2, copy=True)
     assert smooth.uns["inspire_domain"]["smooth"] == 2
     assert ari(truth, smooth.obs["inspire_domain"]) > ari(truth, raw) + 0.1
     del sim_adata.obsp["spatial_connectivities"]
     with pytest.raises(KeyError, match="needs the graph"):
         domains(sim_adata, n_domains=5, use_rep="noisy", smooth=1)
+
+
+def test_default_smooths_once_where_there_is_a_graph(sim_adata, caplog):
+    """One hop by default with the spatial graph (the same as `smooth=1`); none, with a logged warning, without."""
+    _noisy_domains(sim_adata, seed=1, noise=1.2)
+    default = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True)
+    once = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=1, copy=True)
+    assert default.uns["inspire_domain"]["smooth"] == 1
+    assert (default.obs["inspire_domain"] == once.obs["inspire_domain"]).all()
+    del sim_adata.obsp["spatial_connectivities"]
+    with caplog.at_level("WARNING", logger="sd_inspire"):
+        no_graph = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True)
+    assert no_graph.uns["inspire_domain"]["smooth"] == 0
+    assert "No spatial graph `adata.obsp['spatial_connectivities']`" in caplog.text
+    raw = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=0, copy=True)
+    assert (no_graph.obs["inspire_domain"] == raw.obs["inspire_domain"]).all()
 
 
 def test_refine_takes_the_neighbour_majority():
@@ -341,8 +357,8 @@ def test_refine_takes_the_neighbour_majority():
 
 def test_refine_removes_speckles(sim_adata):
     truth = _noisy_domains(sim_adata, seed=1, noise=0.9)
-    raw = domains(sim_adata, n_domains=5, use_rep="noisy", copy=True).obs["inspire_domain"]
-    refined = domains(sim_adata, n_domains=5, use_rep="noisy", refine=3, copy=True)
+    raw = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=0, copy=True).obs["inspire_domain"]
+    refined = domains(sim_adata, n_domains=5, use_rep="noisy", smooth=0, refine=3, copy=True)
     assert refined.uns["inspire_domain"]["refine"] == 3
     assert ari(truth, refined.obs["inspire_domain"]) > ari(truth, raw) + 0.05
     with pytest.raises(ValueError, match="`refine` must be at least 0, got -1"):

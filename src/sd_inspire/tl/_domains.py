@@ -39,6 +39,10 @@ _CLR_PSEUDOCOUNT = 1e-3
 #: Tolerance on the row sums when deciding whether a representation holds proportions.
 _PROPORTION_TOL = 1e-4
 
+#: Rounds of averaging over the spatial neighbours before clustering when ``smooth`` is not given (see the Notes of
+#: :func:`domains` for the measurements behind it).
+DEFAULT_SMOOTH = 1
+
 
 @d.dedent
 def domains(
@@ -52,7 +56,7 @@ def domains(
     covariance_type: Literal["tied", "full", "diag", "spherical"] = "tied",
     n_components: int | None = None,
     log_ratio: bool | None = None,
-    smooth: int = 0,
+    smooth: int | None = None,
     refine: int = 0,
     connectivity_key: str = "spatial_connectivities",
     random_state: int | np.random.Generator | None = 0,
@@ -107,7 +111,11 @@ def domains(
         space keeps besides expression composition, such as sequencing depth.
     smooth
         Average the representation over the spatial neighbours this many times (``D^-1 (A + I)``, within slices)
-        before clustering: spatial domains come out more contiguous. ``0`` clusters the representation as is.
+        before clustering: domains come out more contiguous, and at single-cell resolution the clustering sees each
+        cell's neighbourhood more than its own type. ``None`` (default): once where the graph
+        ``obsp[connectivity_key]`` exists (:func:`sd_inspire.tl.integrate` builds it), else not at all (a logged
+        warning). ``0`` clusters the representation as is: for small, sharply bounded domains, or to cluster cell
+        classes rather than domains (see Notes).
     refine
         Rounds of neighbour majority vote after clustering: a spot takes the domain that more than half of its
         spatial neighbours share (within slices), which removes isolated, noisy assignments. ``0`` keeps the
@@ -143,17 +151,22 @@ def domains(
     agreement with discrete domains, which is why it is not the default. What was measured: *Concepts* in the docs,
     "Domains: how the defaults were chosen".
 
-    At single-cell resolution, when niches share their cell types and differ only in proportions, the latent space
-    keeps each cell's own type in low-variance directions; a Gaussian mixture (whose shared covariance weighs every
-    direction alike) then splits cell types instead of niches, and so do Leiden communities of the latent space's
-    nearest neighbours. On the benchmark suite's simulated Xenium niches (``benchmarks/_mixtures.py``, seeds 0 and
-    1, mean per-slice ARI) this function scored 0.03 / 0.03 with its defaults, 0.02 / 0.02 with Leiden, 0.22 / 0.39
-    with k-means and 0.35 / 0.73 with ``smooth=1``. For such data use ``smooth=1`` (or ``method="kmeans"``).
+    One hop of smoothing is the default because it was the better choice on the benchmark suite as a whole
+    (``benchmarks/results/domains_smooth_s31.csv``: this function's GMM on the default latent space of 15 datasets,
+    five seeds each, mean per-slice ARI without / with it): higher on 10 of 15 datasets, among them both real sets
+    annotated with domains (DLPFC 0.566 / 0.586, BaristaSeq 0.626 / 0.635) and all four sets of the two generators
+    that share nothing with :func:`sd_inspire.datasets.simulate` (real spots or cells resampled into random-field
+    domains +0.01 and +0.10, real Xenium cell types pooled into spots +0.06 or as single cells in niches 0.03 /
+    0.48, where the latent space keeps each cell's own type in low-variance directions that a mixture with a shared
+    covariance otherwise splits by); lower where domains are small and sharply bounded (simulated islands
+    0.784 / 0.752, 5,000 genes 0.924 / 0.822) and on the MERFISH hypothalamus, whose annotation is cell classes,
+    which any averaging over neighbours removes (0.327 / 0.080). Pass ``smooth=0`` for those.
 
     Raises
     ------
     KeyError
-        If ``obsm[use_rep]`` is missing, or ``smooth`` or ``refine`` is set without ``obsp[connectivity_key]``.
+        If ``obsm[use_rep]`` is missing, or ``smooth`` (other than ``None``) or ``refine`` is set without
+        ``obsp[connectivity_key]``.
     ValueError
         If ``n_domains`` is not between 1 and the number of spots, ``n_components`` not between ``n_domains`` and
         the number of spots (or given with Leiden), ``smooth`` or ``refine`` is not an integer >= 0, ``method`` or
@@ -182,8 +195,15 @@ def domains(
         check_table_matches_store(data, adata, table_key)  # before the work, not after it
     x = get_representation(adata, use_rep)
     log_ratio = _use_log_ratio(x, log_ratio, use_rep)
-    if covariance_type not in ("tied", "full", "diag", "spherical"):
-        raise ValueError(f"`covariance_type` must be tied, full, diag or spherical, got {covariance_type!r}.")
+    check_choice(covariance_type, "covariance_type", ("tied", "full", "diag", "spherical"))
+    if smooth is None:
+        smooth = DEFAULT_SMOOTH if connectivity_key in adata.obsp else 0
+        if not smooth:
+            logger.warning(
+                "No spatial graph `adata.obsp[%r]`: domains are clustered without the default smoothing over "
+                "neighbours; run `sd_inspire.gr.spatial_neighbors` first, or pass `smooth=0`.",
+                connectivity_key,
+            )
     for name, value in (("smooth", smooth), ("refine", refine)):
         if check_integer(value, name, minimum=0) and connectivity_key not in adata.obsp:
             raise KeyError(
