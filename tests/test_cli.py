@@ -562,6 +562,25 @@ def test_map_end_to_end(integrated, tmp_path):
     assert_clean_error(code, stderr, "nowhere")
 
 
+def test_integrate_threads(sim_store, tmp_path):
+    """--threads sets torch's CPU threads for the run; the summary and uns say how many it trained with."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["--n-factors", "3", "--max-steps", "5", "--batch-size", "128", "--no-progress", "--threads", "1"]
+        code, stdout, stderr = run("integrate", sim_store, "-o", tmp_path / "t.zarr", *argv)
+        assert code == 0, stderr
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "training: 5 steps in " in stdout
+    assert " on 1 torch thread; " in stdout
+    assert spatialdata.read_zarr(tmp_path / "t.zarr")["table"].uns["inspire"]["train_params"]["torch_threads"] == 1
+    code, _, stderr = run("integrate", sim_store, "-o", tmp_path / "u.zarr", "--threads", "0")
+    assert_clean_error(code, stderr, "--threads must be a positive integer, got 0")
+
+
 def test_integrate_preprocessing_and_domain_options(sim_store, tmp_path):
     out = tmp_path / "o.zarr"
     argv = [sim_store, "-o", out, "--n-factors", "3", "--max-steps", "5", "--batch-size", "128", "--no-progress"]

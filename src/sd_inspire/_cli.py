@@ -38,6 +38,10 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_THREADS_HELP = (
+    "CPU threads of torch; a run repeats exactly only on the same number, which the summary prints (default: "
+    "torch's own, OMP_NUM_THREADS or every core)"
+)
 #: Factors drawn in the figures: those with the largest variance over spots.
 _FIGURE_FACTORS = 6
 #: Suffixes dropped from a file name to name its slice (``sample.gem.gz`` -> ``sample``).
@@ -340,6 +344,7 @@ def _add_integrate(commands: Any, common: argparse.ArgumentParser) -> None:
     integrate.add_argument(
         "--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N or mps (default: auto)"
     )
+    integrate.add_argument("--threads", type=int, metavar="N", help=_THREADS_HELP)
     integrate.add_argument(
         "--model-dir", type=Path, metavar="DIR", help="keep the trained model in DIR (InspireModel.load reads it)"
     )
@@ -368,6 +373,7 @@ def _add_map(commands: Any, common: argparse.ArgumentParser) -> None:
     mapper.add_argument("--batch-size", type=int, default=1024, metavar="N", help="spots per minibatch (default: 1024)")
     mapper.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     mapper.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    mapper.add_argument("--threads", type=int, metavar="N", help=_THREADS_HELP)
     mapper.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     mapper.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
@@ -513,13 +519,17 @@ def _integrate(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace, positive: Sequence[str]) -> None:
-    """Refuse a non-positive value of the integer options ``positive`` and a ``--device`` that names no device."""
-    for option in positive:
+    """Check the integer options ``positive`` and ``--threads`` (>= 1) and ``--device``; set torch's threads."""
+    for option in (*positive, "threads"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise CLIError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     if not _DEVICE.fullmatch(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if args.threads is not None:  # checked above with the positive integers
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _map(args: argparse.Namespace) -> int:
@@ -630,7 +640,9 @@ def _summary(
     n_models = getattr(args, "n_models", 1)
     per_model = f" per model, {n_models} models" if n_models > 1 else ""
     command = "integrate" if verb == "integrated" else "map"
-    _stdout(f"training: {n_steps} steps in {train:.1f} s{per_model}; {command} took {seconds:.1f} s in all")
+    threads = uns.get("train_params", {}).get("torch_threads")
+    on = f" on {threads} torch thread{'s' * (threads != 1)}" if threads is not None else ""
+    _stdout(f"training: {n_steps} steps in {train:.1f} s{on}{per_model}; {command} took {seconds:.1f} s in all")
     from sd_inspire._utils import fit_name, judged_curve
 
     change = float(uns.get("loss_change", math.nan))
