@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd_inspire._validate import check_integer, is_integer
+from sd_inspire._validate import check_choice, check_integer, is_integer
 
 
 def test_is_integer_accepts_python_and_numpy_integers_not_bools():
@@ -47,3 +47,11 @@ def test_check_integer_optional_passes_none():
     assert check_integer(None, "x", optional=True, minimum=1) is None
     with pytest.raises(ValueError, match="must be an integer, got None"):
         check_integer(None, "x")
+
+
+def test_check_choice_returns_the_value_or_lists_the_choices():
+    assert check_choice("mean", "normalization", ("symmetric", "mean")) == "mean"
+    with pytest.raises(ValueError, match=r"^`normalization` must be one of \['symmetric', 'mean'\], got 'sum'\.$"):
+        check_choice("sum", "normalization", ("symmetric", "mean"))
+    with pytest.raises(ValueError, match="got None"):
+        check_choice(None, "method", ("gmm",))

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from sd_inspire._validate import check_choice
+
+#: Normalisations of :func:`normalized_adjacency`: ``D^-1/2 (A + I) D^-1/2`` or ``D^-1 (A + I)``.
+NORMALIZATIONS = ("symmetric", "mean")
+
 
 def normalized_adjacency(
     adjacency: sparse.spmatrix, *, normalization: str = "symmetric", self_loops: bool = True
@@ -41,8 +46,7 @@ def normalized_adjacency(
     >>> normalized_adjacency(path, normalization="mean").sum(axis=1).A1.round(6).tolist()
     [1.0, 1.0, 1.0]
     """
-    if normalization not in ("symmetric", "mean"):
-        raise ValueError(f"`normalization` must be 'symmetric' or 'mean', got {normalization!r}.")
+    check_choice(normalization, "normalization", NORMALIZATIONS)
     a = sparse.csr_matrix(adjacency, dtype=np.float32)
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"The graph must be square, got shape {a.shape}.")

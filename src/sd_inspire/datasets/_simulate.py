@@ -19,6 +19,7 @@ from sd_inspire._convert import anndata_to_spatialdata
 from sd_inspire._docs import d
 from sd_inspire._logging import timed
 from sd_inspire._utils import random_generator
+from sd_inspire._validate import check_choice
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -185,8 +186,7 @@ def simulate(
     """
     rng = random_generator(random_state)
     spots, techs, n_markers = _check_design(n_slices, n_spots, technology, n_genes, n_cell_types, n_domains)
-    if geometry not in _GEOMETRIES:
-        raise ValueError(f"`geometry` must be 'layers', 'islands' or 'gradient', got {geometry!r}.")
+    check_choice(geometry, "geometry", _GEOMETRIES)
     coverages = _coverages(coverage, n_slices)
     missing = _missing_domains(missing_domains, n_slices, [f"D{k}" for k in range(n_domains)])
     changes = _abundance_changes(abundance_change, n_slices, [f"CT{k}" for k in range(n_cell_types)])
@@ -243,8 +243,7 @@ def _check_design(
 
 def _check_output(output: str, path: str | Path | None) -> Path | None:
     """``path`` as a Path (``None`` stays ``None``) after checking it goes with ``output`` and is a new store."""
-    if output not in ("spatialdata", "anndata", "slices"):
-        raise ValueError(f"`output` must be 'spatialdata', 'anndata' or 'slices', got {output!r}.")
+    check_choice(output, "output", ("spatialdata", "anndata", "slices"))
     if path is None:
         return None
     path = Path(path)

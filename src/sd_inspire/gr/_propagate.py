@@ -10,10 +10,10 @@ from scipy import sparse
 from sd_inspire._chunks import DEFAULT_CHUNK_SIZE, is_lazy, matmul_rows, row_blocks
 from sd_inspire._constants import Key
 from sd_inspire._docs import d
-from sd_inspire._graph import normalized_adjacency
+from sd_inspire._graph import NORMALIZATIONS, normalized_adjacency
 from sd_inspire._logging import log_added, timed
 from sd_inspire._utils import get_table, maybe_copy
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -94,8 +94,7 @@ def propagate(
     (600, 100)
     """
     n_hops = check_integer(n_hops, "n_hops", minimum=1)
-    if normalization not in ("symmetric", "mean"):
-        raise ValueError(f"`normalization` must be 'symmetric' or 'mean', got {normalization!r}.")
+    check_choice(normalization, "normalization", NORMALIZATIONS)  # before the work
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be positive, got {chunk_size}.")
     if use_rep is not None and layer is not None:

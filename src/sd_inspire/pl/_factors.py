@@ -44,10 +44,6 @@ _RANKS = ("specificity", "loading")
 _RANK_LABELS = {"specificity": "specificity\nB log(B/mean B)", "loading": "loading B"}
 
 
-def _check_rank(rank: str) -> None:
-    check_choice(rank, "rank", _RANKS)
-
-
 @d.dedent
 def factors(
     data: AnnData | SpatialData,
@@ -159,9 +155,8 @@ def factors(
     writer = "tl.integrate(..., uncertainty=True)" if name.endswith("_sd") else "tl.integrate"
     maps = as_matrix(require(adata.obsm, name, "obsm", "factors", writer))
     chosen = select_factors(factors, maps.shape[1], f"`adata.obsm[{name!r}]`")
-    if share not in ("row", "all"):
-        raise ValueError(f"`share` must be 'row' or 'all', got {share!r}.")
-    _check_rank(rank)
+    check_choice(share, "share", ("row", "all"))
+    check_choice(rank, "rank", _RANKS)
     if shapes and not is_spatialdata(data):
         raise ValueError("`shapes=True` draws the shapes of a SpatialData; pass the SpatialData, not its table.")
     slices = get_slices(adata, slice_key)
@@ -359,7 +354,7 @@ def loadings(
     chosen = select_factors(factors, values.shape[1], f"`adata.varm[{key + '_loadings'!r}]`")
     if n_top < 1:
         raise ValueError(f"`n_top` must be at least 1, got {n_top}.")
-    _check_rank(rank)
+    check_choice(rank, "rank", _RANKS)
     if gene_symbols is not None and gene_symbols not in adata.var:
         raise KeyError(f"No column {gene_symbols!r} in `adata.var` for `gene_symbols`.")
     tops = [

@@ -23,7 +23,7 @@ from sd_inspire._utils import (
     maybe_copy,
     measured_mask,
 )
-from sd_inspire._validate import check_integer, check_number
+from sd_inspire._validate import check_choice, check_integer, check_number
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -127,8 +127,7 @@ def preprocess(
     >>> int(sdata["table"].var["highly_variable"].sum())
     100
     """
-    if gene_space not in ("shared", "union"):
-        raise ValueError(f"`gene_space` must be 'shared' or 'union', got {gene_space!r}.")
+    check_choice(gene_space, "gene_space", ("shared", "union"))
     n_top_genes = check_integer(n_top_genes, "n_top_genes", minimum=1)
     min_counts = check_number(min_counts, "min_counts", minimum=0)
     min_genes = check_integer(min_genes, "min_genes", minimum=0)

@@ -139,8 +139,7 @@ def impute(
     {'slice0': 0, 'slice1': 3}
     """
     check_choice(method, "method", _METHODS)
-    if observed not in ("keep", "predict"):
-        raise ValueError(f"`observed` must be 'keep' or 'predict', got {observed!r}.")
+    check_choice(observed, "observed", ("keep", "predict"))
     n_neighbors = check_integer(n_neighbors, "n_neighbors", minimum=1)
     smooth = check_integer(smooth, "smooth", minimum=0)
     chunk_size = check_integer(chunk_size, "chunk_size", minimum=1)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sd_inspire._constants import Key, StereoseqFile, Technology
 from sd_inspire._logging import logger, timed
-from sd_inspire._validate import check_integer
+from sd_inspire._validate import check_choice, check_integer
 from sd_inspire.io._stereoseq._files import _FORMATS, _resolve
 from sd_inspire.io._stereoseq._gef import _open_h5, _read_cellbin_gef, _read_square_gef
 from sd_inspire.io._stereoseq._gem import _read_gem
@@ -95,8 +95,7 @@ def stereoseq(
     1_0    2.0    1.0
     """
     bin_size = check_integer(bin_size, "bin_size", minimum=1)
-    if gene_key not in (StereoseqFile.GENE, StereoseqFile.GENE_NAME):
-        raise ValueError(f"`gene_key` must be '{StereoseqFile.GENE}' or '{StereoseqFile.GENE_NAME}', got {gene_key!r}.")
+    check_choice(gene_key, "gene_key", (str(StereoseqFile.GENE), str(StereoseqFile.GENE_NAME)))
     file, kind = _resolve(Path(path))
     if dataset_id is None:
         dataset_id = re.sub(r"[^A-Za-z0-9_-]", "_", file.name.split(".")[0]) or Technology.STEREOSEQ.value
