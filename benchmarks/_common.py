@@ -88,3 +88,38 @@ def report(rows: list[dict], name: str, command: str) -> pd.DataFrame:
     (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "python": sys.version}, indent=1))
     print(f"\nwritten: {RESULTS / (name + '.csv')}")
     return table
+
+
+def append_rows_per_run(doc: str, fields: list[str], rows, argv: list[str] | None = None, extra_args=None) -> int:
+    """The command line of the per-run ablation scripts: for every chosen suite dataset and seed, append the rows of
+    ``rows(table, dataset, seed, args)`` (dicts with ``fields`` as keys) to ``--out``, one CSV row each.
+
+    ``table`` is the dataset prepared as ``benchmarks/suite.py`` prepares it; ``extra_args(parser)`` adds options.
+    """
+    import argparse
+    import csv
+
+    import suite
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", help="names (substrings) of suite datasets (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True, help="CSV file the rows are appended to")
+    if extra_args is not None:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    suite.setup(args.threads)
+    chosen = [d for d in suite.DATASETS if not args.datasets or any(n in d.name for n in args.datasets)]
+    new = not args.out.exists()
+    with args.out.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        for dataset in chosen:
+            for seed in args.seeds:
+                for row in rows(suite.prepare(dataset.load(seed, False)), dataset, seed, args):
+                    writer.writerow(row)
+                    handle.flush()
+                    print(row, flush=True)
+    return 0

@@ -16,8 +16,6 @@ Session 31 ran the equivalent of these (one process per dataset and seed, one th
 
 from __future__ import annotations
 
-import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -53,43 +51,31 @@ def domain_scores(table, use_rep: str, k: int, seed: int, smooths: tuple[int, ..
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_rows(table, dataset, seed: int, args) -> list[dict]:
+    """One dataset and seed: sd-inspire trained with the defaults, its rows (and the baselines' with --baselines)."""
     import suite
 
     import sd_inspire as si
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", help="names (substrings) of suite datasets (default: all)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--baselines", action="store_true", help="also cluster PCA(Â²z) and Harmony(PCA(Â²z))")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, required=True, help="CSV file the rows are appended to")
-    args = parser.parse_args(argv)
-    suite.setup(args.threads)
-    chosen = [d for d in suite.DATASETS if not args.datasets or any(n in d.name for n in args.datasets)]
-    new = not args.out.exists()
-    with args.out.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        for dataset in chosen:
-            for seed in args.seeds:
-                table = suite.prepare(dataset.load(seed, False))
-                annotation = table.obs["domain"].astype(str)
-                k = annotation[annotation != "nan"].nunique()
-                si.tl.integrate(table, random_state=seed, show_progress_bar=False)
-                rows = {"sd-inspire": domain_scores(table, "X_inspire", k, seed, (0, 1, 2))}
-                if args.baselines:
-                    for name, result in suite.baselines(table, seed).items():
-                        if name != "PCA(z)":
-                            table.obsm["X_baseline"] = np.asarray(result["embedding"])
-                            rows[name] = domain_scores(table, "X_baseline", k, seed, (0, 1))
-                for method, scores in rows.items():
-                    row = {"dataset": dataset.name, "seed": seed, "method": method, **scores}
-                    writer.writerow(row)
-                    handle.flush()
-                    print(row, flush=True)
-    return 0
+    annotation = table.obs["domain"].astype(str)
+    k = annotation[annotation != "nan"].nunique()
+    si.tl.integrate(table, random_state=seed, show_progress_bar=False)
+    rows = {"sd-inspire": domain_scores(table, "X_inspire", k, seed, (0, 1, 2))}
+    if args.baselines:
+        for name, result in suite.baselines(table, seed).items():
+            if name != "PCA(z)":
+                table.obsm["X_baseline"] = np.asarray(result["embedding"])
+                rows[name] = domain_scores(table, "X_baseline", k, seed, (0, 1))
+    return [{"dataset": dataset.name, "seed": seed, "method": method, **scores} for method, scores in rows.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _common import append_rows_per_run
+
+    def options(parser):
+        parser.add_argument("--baselines", action="store_true", help="also cluster PCA(Â²z) and Harmony(PCA(Â²z))")
+
+    return append_rows_per_run(__doc__, FIELDS, run_rows, argv, options)
 
 
 if __name__ == "__main__":
