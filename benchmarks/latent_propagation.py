@@ -11,7 +11,12 @@ every other slice (10 per slice pair; spots without one keep their value):
 - ``half``: ``(z + Az) / 2``, a lazy step;
 - ``A+mnn``: ``(Az + M Az) / 2``, the hop then an average with the matched codes of the other slices (``M`` from
   ``z``); ``A+mnnA``: the same with ``M`` searched among the ``Az``;
-- ``half+mnn``: ``(h + M h) / 2`` with ``h`` = ``half``.
+- ``half+mnn``: ``(h + M h) / 2`` with ``h`` = ``half``;
+- ``coherent:8``, ``coherent:16``: the codes projected (orthogonally, so distances keep their scale) onto the 8 or
+  16 directions along which they are most spatially coherent, the leading generalised eigenvectors of
+  ``(Zc' Â Zc, Zc' Zc)`` with ``Zc`` the codes centred per slice (a ratio of 1: a direction as smooth over the
+  graph as it can be; near 0: cell-to-cell noise); ``coherent:0.5`` keeps every direction whose ratio is at least
+  0.5.
 
 Each is scored by the suite's fixed probe with the run's seed (``ARI gmm``: mean per-slice ARI), the mean over three
 more probe starts (``ARI gmm3``) and the suite's within-domain mixing. Appends one CSV row per dataset, seed and
@@ -58,6 +63,22 @@ def cross_slice_mnn(z: np.ndarray, slices: np.ndarray, k: int = MNN_NEIGHBOURS) 
     return sparse.csr_matrix(scale @ mutual), degree > 0
 
 
+def coherent_axes(z: np.ndarray, a: sparse.spmatrix, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Directions of the codes from most to least spatially coherent, and their coherence ratios."""
+    from scipy import linalg
+
+    zc = z.copy()
+    for name in np.unique(slices):
+        zc[slices == name] -= zc[slices == name].mean(axis=0)
+    spread = zc.T @ zc
+    smooth = zc.T @ (a @ zc)
+    ratio, axes = linalg.eigh(
+        (smooth + smooth.T) / 2, spread + 1e-9 * np.trace(spread) / len(spread) * np.eye(len(spread))
+    )
+    order = np.argsort(ratio)[::-1]
+    return axes[:, order], ratio[order]
+
+
 def variants(z: np.ndarray, graph: sparse.spmatrix, slices: np.ndarray) -> dict[str, np.ndarray]:
     """The transformed codes described in the module docstring."""
     from sd_inspire._graph import normalized_adjacency
@@ -67,6 +88,8 @@ def variants(z: np.ndarray, graph: sparse.spmatrix, slices: np.ndarray) -> dict[
     half = (z + az) / 2
     m, has = cross_slice_mnn(z, slices)
     ma, has_a = cross_slice_mnn(az, slices)
+    axes, ratio = coherent_axes(z, a, slices)
+    coherent = {m: axes[:, :m] for m in (8, 16)} | {0.5: axes[:, ratio >= 0.5]}
     return {
         "z": z,
         "Az": az,
@@ -74,7 +97,7 @@ def variants(z: np.ndarray, graph: sparse.spmatrix, slices: np.ndarray) -> dict[
         "A+mnn": np.where(has[:, None], (az + m @ az) / 2, az),
         "half+mnn": np.where(has[:, None], (half + m @ half) / 2, half),
         "A+mnnA": np.where(has_a[:, None], (az + ma @ az) / 2, az),
-    }
+    } | {f"coherent:{m}": z @ np.linalg.qr(basis)[0] for m, basis in coherent.items()}
 
 
 def scores(x: np.ndarray, truth: np.ndarray, slices: np.ndarray, seed: int) -> dict[str, float]:
