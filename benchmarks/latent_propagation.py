@@ -86,18 +86,19 @@ def variants(z: np.ndarray, graph: sparse.spmatrix, slices: np.ndarray) -> dict[
     a = normalized_adjacency(graph, normalization="mean")
     az = a @ z
     half = (z + az) / 2
-    m, has = cross_slice_mnn(z, slices)
-    ma, has_a = cross_slice_mnn(az, slices)
+    mnn, has = cross_slice_mnn(z, slices)
+    mnn_a, has_a = cross_slice_mnn(az, slices)
     axes, ratio = coherent_axes(z, a, slices)
-    coherent = {m: axes[:, :m] for m in (8, 16)} | {0.5: axes[:, ratio >= 0.5]}
+    # bases of the coherent projections, by name: the leading 8 or 16 directions, or those with a ratio >= 0.5
+    coherent = {"8": axes[:, :8], "16": axes[:, :16], "0.5": axes[:, ratio >= 0.5]}
     return {
         "z": z,
         "Az": az,
         "half": half,
-        "A+mnn": np.where(has[:, None], (az + m @ az) / 2, az),
-        "half+mnn": np.where(has[:, None], (half + m @ half) / 2, half),
-        "A+mnnA": np.where(has_a[:, None], (az + ma @ az) / 2, az),
-    } | {f"coherent:{m}": z @ np.linalg.qr(basis)[0] for m, basis in coherent.items()}
+        "A+mnn": np.where(has[:, None], (az + mnn @ az) / 2, az),
+        "half+mnn": np.where(has[:, None], (half + mnn @ half) / 2, half),
+        "A+mnnA": np.where(has_a[:, None], (az + mnn_a @ az) / 2, az),
+    } | {f"coherent:{name}": z @ np.linalg.qr(basis)[0] for name, basis in coherent.items()}
 
 
 def scores(x: np.ndarray, truth: np.ndarray, slices: np.ndarray, seed: int) -> dict[str, float]:
