@@ -91,7 +91,8 @@ def layered_domains(n_domains: int, rng):
 
 def mix(design: Mixing, seed: int, reference=None):
     """A multi-slice table of pooled cells by ``design``: counts in ``X``, ``obs["slice"]``, ``obs["domain"]``
-    ("M0", "M1", ...) and ``obsm["spatial"]``.
+    ("M0", "M1", ...), ``obsm["spatial"]`` and ``obsm["true_proportions"]`` (each spot's share of its cells by
+    type, one-hot for single cells).
 
     ``reference``: ``(counts, gene names, cell types 0..T-1)``, by default :func:`xenium_cells`.
     """
@@ -131,5 +132,11 @@ def mix(design: Mixing, seed: int, reference=None):
         drawn = redraw(pooled, design.depth[s % len(design.depth)], design.gene_effect, rng)
         label = names[domains_at(to_tissue(local))]
         coords = local * design.spacing * np.sqrt(design.n_spots)
-        parts.append(slice_table(drawn, s, label, genes, coords))
+        part = slice_table(drawn, s, label, genes, coords)
+        # the truth for factor recovery: each spot's share of its pooled cells by type
+        types_of = sparse.csr_matrix(
+            (np.ones(spot_of.size), (np.arange(spot_of.size), cell_type)), (spot_of.size, n_types)
+        )
+        part.obsm["true_proportions"] = (pooling @ types_of).toarray() / per_spot[:, None]
+        parts.append(part)
     return concat_slices(parts)

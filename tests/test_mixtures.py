@@ -59,6 +59,12 @@ def test_tables_shapes_labels_and_pooled_depth(reference):
     xy, dom = table.obsm["spatial"][m], table.obs["domain"].to_numpy()[m]
     nearest = np.argsort(np.linalg.norm(xy[:, None] - xy[None], axis=-1), axis=1)[:, 1]
     assert (dom == dom[nearest]).mean() > 0.85
+    # the truth for factor recovery: each spot's cells by type, which the counts follow (cells of similar depth)
+    props = table.obsm["true_proportions"]
+    assert props.shape == (table.n_obs, N_TYPES)
+    np.testing.assert_allclose(props.sum(axis=1), 1.0)
+    shares = _type_shares(table)
+    assert all(np.corrcoef(props[:, t], shares[:, t])[0, 1] > 0.9 for t in range(N_TYPES))
 
 
 def test_single_cells_and_domain_compositions(reference):
@@ -66,6 +72,7 @@ def test_single_cells_and_domain_compositions(reference):
     shares = _type_shares(table)
     # every "spot" is one cell: all its counts on one type's genes
     assert np.allclose(shares.max(axis=1), 1.0)
+    np.testing.assert_array_equal(table.obsm["true_proportions"], shares.round())  # one cell: one-hot
     # the domains hold the same types in different proportions
     dom = table.obs["domain"].to_numpy()
     props = np.array([shares[dom == d].mean(axis=0) for d in np.unique(dom)])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sd_inspire._constants import Key
-from sd_inspire._constants._constants import ALIGNMENTS, ENCODERS, FEATURES, STRUCTURES
+from sd_inspire._constants._constants import ALIGNMENTS, ENCODERS, FEATURES, REFINE_PASSES, STRUCTURES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +38,10 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_REFINE_FACTORS_HELP = (
+    "EM passes moving each spot's factor proportions towards its own counts after training; 0 keeps the factor "
+    f"head's spatially smooth output (default: {REFINE_PASSES})"
+)
 _THREADS_HELP = (
     "CPU threads of torch; a run repeats exactly only on the same number, which the summary prints (default: "
     "torch's own, OMP_NUM_THREADS or every core)"
@@ -340,6 +344,13 @@ def _add_integrate(commands: Any, common: argparse.ArgumentParser) -> None:
     integrate.add_argument(
         "--n-models", type=int, default=1, metavar="N", help="ensemble of N models, with uncertainty (default: 1)"
     )
+    integrate.add_argument(
+        "--refine-factors",
+        type=int,
+        default=REFINE_PASSES,
+        metavar="N",
+        help=_REFINE_FACTORS_HELP,
+    )
     integrate.add_argument("--seed", type=int, default=0, help="random seed of model and domains (default: 0)")
     integrate.add_argument(
         "--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N or mps (default: auto)"
@@ -371,6 +382,7 @@ def _add_map(commands: Any, common: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, metavar="N", help="training steps of the new slices' parameters (default: 100-1000)"
     )
     mapper.add_argument("--batch-size", type=int, default=1024, metavar="N", help="spots per minibatch (default: 1024)")
+    mapper.add_argument("--refine-factors", type=int, default=REFINE_PASSES, metavar="N", help=_REFINE_FACTORS_HELP)
     mapper.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     mapper.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     mapper.add_argument("--threads", type=int, metavar="N", help=_THREADS_HELP)
@@ -494,6 +506,7 @@ def _integrate(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         n_models=args.n_models,
+        refine_factors=args.refine_factors,
         device=args.device,
         random_state=args.seed,
         model_dir=args.model_dir,
@@ -551,6 +564,7 @@ def _map(args: argparse.Namespace) -> int:
         model,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        refine_factors=args.refine_factors,
         device=args.device,
         random_state=args.seed,
         show_progress_bar=not args.no_progress,

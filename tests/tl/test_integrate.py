@@ -186,3 +186,32 @@ def test_spatialdata_plot_draws_all_slices_in_one_global_panel():
     left, right = (c.get_datalim(ax.transData) for c in ax.collections)
     assert left.x1 < right.x0  # side by side
     plt.close(fig)
+
+
+def _spot_log_likelihoods(adata) -> np.ndarray:
+    """Each spot's multinomial log-likelihood of its counts under its factors and the fitted programs."""
+    uns = adata.uns["inspire"]
+    cols = adata.var_names.get_indexer(uns["genes"])
+    programs = adata.varm["inspire_loadings"][cols].T.astype(np.float64)
+    weighted = si.model.slice_programs(programs, uns["slice_gene_effects"], np.ones_like(uns["slice_gene_effects"]))
+    codes = adata.obs["slice"].cat.codes.to_numpy()
+    x = adata.layers["counts"][:, cols].toarray()
+    beta = adata.obsm["inspire_factors"].astype(np.float64)
+    shares = np.vstack([si.model.expected_shares(beta[i : i + 1], weighted[codes[i]]) for i in range(len(codes))])
+    return (x * np.log(np.maximum(shares, 1e-300))).sum(axis=1)
+
+
+def test_refined_factors_fit_each_spot_and_leave_the_rest():
+    plain = si.tl.integrate(_sdata()["table"], copy=True, refine_factors=0, **FAST)
+    refined = si.tl.integrate(_sdata()["table"], copy=True, **FAST)
+    assert plain.uns["inspire"]["refine_factors"] == 0
+    assert refined.uns["inspire"]["refine_factors"] == 5
+    np.testing.assert_array_equal(plain.obsm["X_inspire"], refined.obsm["X_inspire"])
+    np.testing.assert_array_equal(plain.varm["inspire_loadings"], refined.varm["inspire_loadings"])
+    np.testing.assert_allclose(refined.obsm["inspire_factors"].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.abs(refined.obsm["inspire_factors"] - plain.obsm["inspire_factors"]).max() > 0.01
+    before, after = _spot_log_likelihoods(plain), _spot_log_likelihoods(refined)
+    assert (after >= before - 1e-3 * np.abs(before)).all()  # EM passes never lower a spot's likelihood
+    assert after.sum() > before.sum()
+    with pytest.raises(ValueError, match="refine_factors"):
+        si.tl.integrate(_sdata()["table"], copy=True, refine_factors=-1, **FAST)

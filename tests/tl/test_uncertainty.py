@@ -5,7 +5,7 @@ import pytest
 from scipy import sparse
 
 import sd_inspire as si
-from sd_inspire.model._posterior import factor_sd
+from sd_inspire.model._posterior import factor_sd, refine_factors
 from sd_inspire.tl._ensemble import Member, combine
 
 
@@ -123,3 +123,59 @@ def test_single_model_uncertainty(ensemble_run):
 def test_bad_n_models(sim_adata, bad):
     with pytest.raises(ValueError, match="n_models"):
         si.tl.integrate(sim_adata, n_models=bad, max_steps=5, show_progress_bar=False)
+
+
+def _log_likelihood(beta: np.ndarray, programs: np.ndarray, x: np.ndarray) -> float:
+    """Multinomial log-likelihood of counts ``x`` (up to a constant) with proportions ``beta`` of ``programs``."""
+    r = beta @ programs
+    q = r / r.sum(axis=1, keepdims=True)
+    return float((x * np.log(np.maximum(q, 1e-300))).sum())
+
+
+def test_refine_factors_moves_each_spot_towards_its_counts():
+    truth, programs, counts = _mixtures(400, depth=500, seed=2)
+    ones, everywhere, codes = np.ones((1, 60)), np.ones((1, 60), dtype=bool), np.zeros(400, dtype=int)
+    smooth = np.tile(truth.mean(axis=0), (400, 1))  # what a fit blind to each spot's own counts would say
+    x = counts.toarray()
+    previous, path = _log_likelihood(smooth, programs, x), [smooth]
+    for n in range(1, 6):
+        refined = refine_factors(smooth, programs, ones, everywhere, counts, codes, n_passes=n)
+        assert refined.dtype == np.float32
+        np.testing.assert_allclose(refined.sum(axis=1), 1.0, rtol=1e-5)
+        now = _log_likelihood(refined.astype(np.float64), programs, x)
+        assert now >= previous - 1e-6 * abs(previous)  # an EM pass never lowers the likelihood
+        previous = now
+        path.append(refined)
+    assert np.abs(path[-1] - truth).mean() < 0.5 * np.abs(smooth - truth).mean()
+    # run long enough, the passes reach each spot's maximum-likelihood proportions
+    converged = refine_factors(smooth, programs, ones, everywhere, counts, codes, n_passes=300)
+    np.testing.assert_allclose(converged, _em(x, programs), atol=2e-3)
+    np.testing.assert_array_equal(
+        refine_factors(smooth, programs, ones, everywhere, counts, codes, n_passes=0), smooth.astype(np.float32)
+    )
+
+
+def test_refine_factors_per_slice_effects_mask_and_empty_spots():
+    truth, programs, _ = _mixtures(300, depth=400, seed=3)
+    rng = np.random.default_rng(3)
+    effects = np.ones((2, 60))
+    effects[1] = np.exp(rng.normal(0, 0.7, 60))  # the second slice's own gene effects
+    mask = np.ones((2, 60), dtype=bool)
+    mask[1, 40:] = False  # which measured only 40 genes
+    codes = np.repeat([0, 1], 150)
+    weighted = programs[None] * (effects * mask)[:, None, :]
+    x = np.zeros((300, 60))
+    for i in range(300):
+        r = truth[i] @ weighted[codes[i]]
+        x[i] = rng.multinomial(400, r / r.sum())
+    x[5] = 0  # a spot without counts keeps what it had
+    start = np.full((300, 3), 1 / 3)
+    refined = refine_factors(start, programs, effects, mask, sparse.csr_matrix(x), codes, n_passes=30)
+    np.testing.assert_allclose(refined[5], start[5], rtol=1e-6)
+    ok = np.arange(300) != 5
+    assert np.abs(refined - truth)[ok].mean() < 0.05
+    # values on genes a slice did not measure are not read
+    junk = x.copy()
+    junk[150:, 40:] = rng.poisson(50, size=(150, 20))
+    again = refine_factors(start, programs, effects, mask, sparse.csr_matrix(junk), codes, n_passes=30)
+    np.testing.assert_allclose(again, refined, atol=1e-5)

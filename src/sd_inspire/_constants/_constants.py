@@ -26,6 +26,9 @@ ENCODERS = ("lgcn", "gat")
 FEATURES = ("pearson", "lognorm")
 STRUCTURES = ("smoothed", "multiscale")
 ALIGNMENTS = ("both", "adversarial", "mnn")
+#: EM passes of each spot's factor proportions on its own counts after training (``tl.integrate``'s
+#: ``refine_factors``): chosen on the suite's ten simulations that know the true proportions (*Concepts*).
+REFINE_PASSES = 5
 
 
 class Key:

@@ -502,9 +502,29 @@ class InspireModel:
         """Latent representation, n_obs x n_latent: an alias of :meth:`get_latent_representation`."""
         return self.get_latent_representation()
 
-    def get_factors(self) -> np.ndarray:
-        """Spatial factor proportions, n_obs x n_factors (rows sum to 1)."""
-        return self._forward_all("factors")
+    def get_factors(self, *, refine: int = 0) -> np.ndarray:
+        """Spatial factor proportions, n_obs x n_factors (rows sum to 1).
+
+        Parameters
+        ----------
+        refine
+            EM passes that move each spot's proportions towards its own counts, the gene programs and slice effects
+            fixed (:func:`sd_inspire.model.refine_factors`); 0 returns the factor head's output, a function of the
+            latent codes and therefore as smooth over the graph as they are.
+
+        Returns
+        -------
+        Spots x factors, float32.
+        """
+        refine = check_integer(refine, "refine", minimum=0)
+        factors = self._forward_all("factors")
+        if refine == 0:
+            return factors
+        from sd_inspire.model._posterior import refine_factors
+
+        d = self.data
+        loadings, effects = self.get_loadings().T, self.get_slice_effects()
+        return refine_factors(factors, loadings, effects, d.mask, d.counts, d.slices, n_passes=refine)
 
     @torch.inference_mode()
     def get_loadings(self) -> np.ndarray:

@@ -104,3 +104,95 @@ def factor_sd(
     # few counts or programs the spot's genes cannot tell apart)
     var = np.minimum(var, 0.25)
     return np.sqrt(var).astype(np.float32), dispersion
+
+
+def refine_factors(
+    beta: np.ndarray,
+    loadings: np.ndarray,
+    effects: np.ndarray,
+    mask: np.ndarray,
+    counts: Any,
+    slices: np.ndarray,
+    *,
+    n_passes: int,
+    chunk_size: int = 4096,
+) -> np.ndarray:
+    """Each spot's factor proportions moved towards its own counts by EM passes, the programs fixed.
+
+    The factor head reads the latent codes, which summarise a spot's neighbourhood: its proportions are smooth over
+    the graph and miss what a spot's own counts say of its composition (cells pooled in a spot, a cell's own type).
+    With the programs and slice effects fixed, a spot's counts are a multinomial over genes whose probabilities mix
+    the slice's normalised programs ``φ_k = b_k / c_k`` (``b = B ⊙ exp(γ_s) ⊙ m_s``, ``c_k = Σ_g b_kg``) with
+    weights ``θ_k ∝ β_k c_k``, its shares of the counts. Each pass is one EM step of those weights (the
+    multiplicative update of a KL non-negative factorisation with the programs fixed),
+    ``θ_k ← θ_k Σ_g (x_g / L) φ_kg / Σ_k' θ_k' φ_k'g``, which never lowers the spot's likelihood; the proportions
+    are ``β_k ∝ θ_k / c_k`` again. Starting from the model's own proportions and stopping after a few passes keeps
+    them near the spatial fit where a spot's counts say little (few counts, programs its genes cannot tell apart).
+    Spots without counts keep their proportions. Work ``O(n G K)`` per pass, one block of rows at a time.
+
+    Parameters
+    ----------
+    beta
+        Factor proportions to start from, n x K (rows sum to 1).
+    loadings
+        Gene programs ``B``, K x G (rows sum to 1).
+    effects
+        Multiplicative slice gene effects ``exp(γ)``, S x G.
+    mask
+        Genes each slice measured, S x G (bool).
+    counts
+        Counts (or the non-negative values of a KL factorisation) of the G genes, n x G (SciPy sparse, or a dask
+        array read in blocks).
+    slices
+        Slice code of each spot.
+    n_passes
+        EM passes; 0 returns ``beta`` unchanged.
+    chunk_size
+        Spots per block.
+
+    Returns
+    -------
+    Refined proportions, n x K, float32 (rows sum to 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> rng = np.random.default_rng(0)
+    >>> programs = rng.dirichlet(np.ones(50) * 0.3, size=3)
+    >>> truth = rng.dirichlet(np.ones(3), size=300)
+    >>> counts = sparse.csr_matrix(np.vstack([rng.multinomial(2000, p) for p in truth @ programs]))
+    >>> flat = np.full((300, 3), 1 / 3)  # no spot-level information to start from
+    >>> fitted = refine_factors(
+    ...     flat, programs, np.ones((1, 50)), np.ones((1, 50), bool), counts, np.zeros(300, int), n_passes=50
+    ... )
+    >>> bool(np.abs(fitted - truth).mean() < 0.05)
+    True
+    """
+    beta = np.asarray(beta, dtype=np.float64)
+    if n_passes <= 0:
+        return beta.astype(np.float32)
+    weights = slice_programs(np.asarray(loadings, np.float64), np.asarray(effects, np.float64), mask)  # S x K x G
+    scale = np.maximum(weights.sum(axis=2), 1e-300)  # c, S x K
+    shares = (weights / scale[:, :, None]).astype(np.float32)  # φ, S x K x G
+    out = np.empty(beta.shape, dtype=np.float32)
+    for start, stop, block in row_blocks(counts, chunk_size):
+        x = block.toarray().astype(np.float32)
+        codes = slices[start:stop]
+        for s in np.unique(codes):
+            rows = np.flatnonzero(codes == s)
+            xs, phi, c = x[rows], shares[s], scale[s]
+            theta = beta[start + rows] * c
+            theta /= np.maximum(theta.sum(axis=1, keepdims=True), 1e-300)
+            total = xs.sum(axis=1, dtype=np.float64)
+            has = total > 0
+            xs = xs[has] / total[has, None].astype(np.float32)  # each spot's shares of its counts
+            t = theta[has].astype(np.float32)
+            for _ in range(n_passes):
+                mix = t @ phi  # spots x G: the expected shares
+                t = t * ((xs / np.maximum(mix, np.float32(1e-30))) @ phi.T)
+                t /= np.maximum(t.sum(axis=1, keepdims=True), np.float32(1e-30))
+            theta[has] = t
+            b = theta / c
+            out[start + rows] = b / np.maximum(b.sum(axis=1, keepdims=True), 1e-300)
+    return out

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sd_inspire._constants import Key
+from sd_inspire._constants._constants import REFINE_PASSES
 from sd_inspire._docs import d
 from sd_inspire._logging import logger, timed
 from sd_inspire._utils import get_slices, get_table, is_spatialdata, values_are_counts
+from sd_inspire._validate import check_integer
 from sd_inspire.io._write import add_factor_table, check_table_matches_store
 from sd_inspire.tl._integrate import (
     _check_qc_keeps_rows,
@@ -36,6 +38,7 @@ def map_query(
     max_steps: int | None = None,
     batch_size: int = 1024,
     uncertainty: bool = False,
+    refine_factors: int = REFINE_PASSES,
     match_input_scale: bool = True,
     device: str = "auto",
     show_progress_bar: bool = True,
@@ -72,6 +75,9 @@ def map_query(
         Spots per minibatch.
     uncertainty
         Also write the per-spot standard deviation of the factor proportions (as :func:`sd_inspire.tl.integrate`).
+    refine_factors
+        EM passes that move each query spot's factor proportions towards its own counts, the reference's programs
+        and the query's gene effects fixed (as :func:`sd_inspire.tl.integrate`); 0 keeps the factor head's output.
     match_input_scale
         Rescale each column of a query slice's input to the spread it had in the reference before the frozen
         encoder sees it (see :meth:`~sd_inspire.model.InspireModel.load_query_data`): needed when the query comes
@@ -117,6 +123,7 @@ def map_query(
 
     table = get_table(data, table_key)
     _check_writable(data, table, key_added, table_key)
+    refine_factors = check_integer(refine_factors, "refine_factors", minimum=0)
     if not isinstance(model, InspireModel):
         model = InspireModel.load(model, device=device)  # a bad folder fails here, before any work
     adata = table.copy() if copy else table
@@ -142,7 +149,8 @@ def map_query(
             match_input_scale=match_input_scale,
         )
         query.train(max_steps=max_steps, batch_size=batch_size, show_progress_bar=show_progress_bar)
-        _write_results(adata, query, key_added, combine([_outputs(query, uncertainty=uncertainty)]))
+        member = _outputs(query, uncertainty=uncertainty, refine=refine_factors)
+        _write_results(adata, query, key_added, combine([member]), refine=refine_factors)
         if not copy and is_spatialdata(data):
             add_factor_table(data, adata, key_added, table_key)
     return adata if copy else None

@@ -1,0 +1,90 @@
+"""How many EM passes of each spot's factors on its own counts: factor recovery against the true proportions.
+
+For each dataset of ``benchmarks/suite.py`` that knows the true cell-type proportions (``obsm["true_proportions"]``:
+the eight ``datasets.simulate`` regimes and the two sets of ``benchmarks/_mixtures.py``), prepared as the suite
+does, sd-inspire is trained with the defaults of ``tl.integrate`` but ``refine_factors=0`` (``random_state`` = the
+seed), and its factors are refined with :func:`sd_inspire.model.refine_factors` (the programs and slice effects the
+model fitted) for each number of passes in ``--passes`` (0: the factor head's output). Each is scored by the
+suite's factor recovery (:func:`sd_inspire.tl.metrics.factor_recovery`), beside plain NMF of the same counts as the
+suite runs it. Appends one CSV row per dataset, seed and number of passes to ``--out``::
+
+    python benchmarks/factor_refinement.py --seeds 0 1 --out benchmarks/results/factor_refinement.csv
+
+Session 33 chose ``tl.integrate``'s default (five passes) from these rows (seeds 0-1, two processes side by side,
+one thread each: ``benchmarks/results/factor_refinement_s33.csv``, computed by a prototype of the same EM in float64
+on the sparse counts; this script, with the package's float32 passes, gives the same rows to the fourth decimal,
+checked on the 100-gene panel, seed 0), discussed in ablations.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+FIELDS = ["dataset", "seed", "passes", "factor recovery"]
+PASSES = [0, 5, 10, 25, 50, 100, 200]
+
+
+def fitted_count_model(table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, object, np.ndarray]:
+    """What ``tl.integrate`` wrote of the count model, on the model's genes: factors, programs (K x G), slice
+    effects, genes each slice measured, the counts and each spot's slice code."""
+    from sd_inspire._utils import measured_mask
+
+    uns = table.uns["inspire"]
+    cols = table.var_names.get_indexer(list(uns["genes"]))
+    names = [str(s) for s in uns["slices"]]
+    measured = measured_mask(table, table.obs["slice"])
+    mask = np.stack([measured[name].to_numpy(dtype=bool)[cols] for name in names])
+    programs = np.asarray(table.varm["inspire_loadings"], dtype=np.float64)[cols].T
+    codes = np.asarray(table.obs["slice"].astype(str).map({n: i for i, n in enumerate(names)}), dtype=int)
+    effects = np.asarray(uns["slice_gene_effects"], dtype=np.float64)
+    factors = np.asarray(table.obsm["inspire_factors"], dtype=np.float64)
+    return factors, programs, effects, mask, table.layers["counts"][:, cols], codes
+
+
+def run_rows(table, dataset, seed: int, args) -> list[dict]:
+    """One dataset and seed: the factor head's output refined by each number of passes, and plain NMF."""
+    import suite
+
+    import sd_inspire as si
+    from sd_inspire.tl.metrics import factor_recovery
+
+    if "true_proportions" not in table.obsm:
+        return []
+    truth = table.obsm["true_proportions"]
+    si.tl.integrate(table, random_state=seed, refine_factors=0, show_progress_bar=False)
+    factors, programs, effects, mask, counts, codes = fitted_count_model(table)
+    rows = []
+    for passes in args.passes:
+        refined = si.model.refine_factors(factors, programs, effects, mask, counts, codes, n_passes=passes)
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "seed": seed,
+                "passes": passes,
+                "factor recovery": factor_recovery(refined, truth),
+            }
+        )
+    nmf = suite.nmf_factors(table, 20, seed)
+    rows.append(
+        {"dataset": dataset.name, "seed": seed, "passes": "NMF", "factor recovery": factor_recovery(nmf, truth)}
+    )
+    return [{**r, "factor recovery": round(r["factor recovery"], 4)} for r in rows]
+
+
+def _extra(parser) -> None:
+    parser.add_argument("--passes", type=int, nargs="+", default=PASSES, help="numbers of EM passes to score")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _common import append_rows_per_run
+
+    return append_rows_per_run(__doc__, FIELDS, run_rows, argv, _extra)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
