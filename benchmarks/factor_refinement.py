@@ -6,9 +6,10 @@ does, sd-inspire is trained with the defaults of ``tl.integrate`` but ``refine_f
 seed), and its factors are refined with :func:`sd_inspire.model.refine_factors` (the programs and slice effects the
 model fitted) for each number of passes in ``--passes`` (0: the factor head's output). Each is scored by the
 suite's factor recovery (:func:`sd_inspire.tl.metrics.factor_recovery`), beside plain NMF of the same counts as the
-suite runs it. Appends one CSV row per dataset, seed and number of passes to ``--out``::
+suite runs it; ``--prior a ...`` also scores a MAP form of the passes (not in the package, rows ``MAP<a>``:
+:func:`map_factors`). Appends one CSV row per dataset, seed and number of passes to ``--out``::
 
-    python benchmarks/factor_refinement.py --seeds 0 1 --out benchmarks/results/factor_refinement.csv
+    python benchmarks/factor_refinement.py --seeds 0 1 [--passes 0 5 ...] [--prior 10 30 ...] --out FILE
 
 Session 33 chose ``tl.integrate``'s default (five passes) from these rows (seeds 0-1, two processes side by side,
 one thread each: ``benchmarks/results/factor_refinement_s33.csv``, computed by a prototype of the same EM in float64
@@ -27,6 +28,34 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 FIELDS = ["dataset", "seed", "passes", "factor recovery"]
 PASSES = [0, 5, 10, 25, 50, 100, 200]
+#: Passes of the MAP variant (``--prior``), enough for it to settle.
+MAP_PASSES = 50
+
+
+def map_factors(factors, programs, effects, mask, counts, codes, prior: float, n_passes: int = MAP_PASSES):
+    """A MAP form of the passes (not in the package): the model's proportions as a Dirichlet-like prior worth
+    ``prior`` pseudo-counts, ``θ ← (θ Σ_g x_g φ_g / mix_g + prior θ0) / (L + prior)``, so deep spots move further
+    from the spatial fit than shallow ones."""
+    from sd_inspire.model import slice_programs
+
+    weighted = slice_programs(programs, effects, mask)
+    scale = weighted.sum(axis=2)
+    phi = weighted / scale[:, :, None]
+    x = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+    out = np.empty_like(factors)
+    for s in np.unique(codes):
+        rows = codes == s
+        theta0 = factors[rows] * scale[s]
+        theta0 /= theta0.sum(axis=1, keepdims=True)
+        theta, xs = theta0.copy(), x[rows]
+        total = xs.sum(axis=1, keepdims=True)
+        for _ in range(n_passes):
+            mix = np.maximum(theta @ phi[s], 1e-300)
+            theta = (theta * ((xs / mix) @ phi[s].T) + prior * theta0) / (total + prior)
+            theta /= theta.sum(axis=1, keepdims=True)
+        b = theta / scale[s]
+        out[rows] = b / b.sum(axis=1, keepdims=True)
+    return out
 
 
 def fitted_count_model(table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, object, np.ndarray]:
@@ -69,6 +98,16 @@ def run_rows(table, dataset, seed: int, args) -> list[dict]:
                 "factor recovery": factor_recovery(refined, truth),
             }
         )
+    for prior in args.prior:
+        refined = map_factors(factors, programs, effects, mask, counts, codes, prior)
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "seed": seed,
+                "passes": f"MAP{prior:g}",
+                "factor recovery": factor_recovery(refined, truth),
+            }
+        )
     nmf = suite.nmf_factors(table, 20, seed)
     rows.append(
         {"dataset": dataset.name, "seed": seed, "passes": "NMF", "factor recovery": factor_recovery(nmf, truth)}
@@ -78,6 +117,9 @@ def run_rows(table, dataset, seed: int, args) -> list[dict]:
 
 def _extra(parser) -> None:
     parser.add_argument("--passes", type=int, nargs="+", default=PASSES, help="numbers of EM passes to score")
+    parser.add_argument(
+        "--prior", type=float, nargs="*", default=[], help="pseudo-counts of the MAP variant's prior (rows 'MAP<a>')"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
