@@ -86,33 +86,15 @@ def run_rows(table, dataset, seed: int, args) -> list[dict]:
         return []
     truth = table.obsm["true_proportions"]
     si.tl.integrate(table, random_state=seed, refine_factors=0, show_progress_bar=False)
-    factors, programs, effects, mask, counts, codes = fitted_count_model(table)
-    rows = []
-    for passes in args.passes:
-        refined = si.model.refine_factors(factors, programs, effects, mask, counts, codes, n_passes=passes)
-        rows.append(
-            {
-                "dataset": dataset.name,
-                "seed": seed,
-                "passes": passes,
-                "factor recovery": factor_recovery(refined, truth),
-            }
-        )
-    for prior in args.prior:
-        refined = map_factors(factors, programs, effects, mask, counts, codes, prior)
-        rows.append(
-            {
-                "dataset": dataset.name,
-                "seed": seed,
-                "passes": f"MAP{prior:g}",
-                "factor recovery": factor_recovery(refined, truth),
-            }
-        )
-    nmf = suite.nmf_factors(table, 20, seed)
-    rows.append(
-        {"dataset": dataset.name, "seed": seed, "passes": "NMF", "factor recovery": factor_recovery(nmf, truth)}
-    )
-    return [{**r, "factor recovery": round(r["factor recovery"], 4)} for r in rows]
+    fitted = fitted_count_model(table)
+
+    def row(passes, factors) -> dict:
+        recovery = round(factor_recovery(factors, truth), 4)
+        return {"dataset": dataset.name, "seed": seed, "passes": passes, "factor recovery": recovery}
+
+    rows = [row(n, si.model.refine_factors(*fitted, n_passes=n)) for n in args.passes]
+    rows += [row(f"MAP{prior:g}", map_factors(*fitted, prior)) for prior in args.prior]
+    return [*rows, row("NMF", suite.nmf_factors(table, 20, seed))]
 
 
 def _extra(parser) -> None:

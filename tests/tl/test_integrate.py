@@ -197,7 +197,9 @@ def _spot_log_likelihoods(adata) -> np.ndarray:
     codes = adata.obs["slice"].cat.codes.to_numpy()
     x = adata.layers["counts"][:, cols].toarray()
     beta = adata.obsm["inspire_factors"].astype(np.float64)
-    shares = np.vstack([si.model.expected_shares(beta[i : i + 1], weighted[codes[i]]) for i in range(len(codes))])
+    shares = np.empty(x.shape)
+    for s in np.unique(codes):
+        shares[codes == s] = si.model.expected_shares(beta[codes == s], weighted[s])
     return (x * np.log(np.maximum(shares, 1e-300))).sum(axis=1)
 
 
