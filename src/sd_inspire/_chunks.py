@@ -36,11 +36,8 @@ def _as_csr(block: Any) -> sparse.csr_matrix:
 
 def read_rows(x: Any, start: int, stop: int) -> sparse.csr_matrix:
     """Rows ``start:stop`` of ``x`` as a CSR matrix (computed from disk for a dask array)."""
-    if is_lazy(x):
-        import dask
-
-        with dask.config.set(scheduler="synchronous"):  # reading one chunk: threads would only add overhead
-            return _as_csr(x[start:stop].compute())
+    if is_lazy(x):  # reading one chunk: dask's threads would only add overhead
+        return _as_csr(x[start:stop].compute(scheduler="synchronous"))
     return _as_csr(x[start:stop])
 
 
@@ -66,9 +63,25 @@ def _spans(x: Any, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def row_blocks(x: Any, chunk_size: int = CHUNK_ROWS) -> Iterator[tuple[int, int, sparse.csr_matrix]]:
-    """``(start, stop, rows)`` over ``x`` in row blocks; a dask array is read block by block along its chunks."""
-    for start, stop in _spans(x, chunk_size):
-        yield start, stop, read_rows(x, start, stop)
+    """``(start, stop, rows)`` over ``x`` in row blocks; a dask array is read block by block along its chunks.
+
+    From disk, the next block is read in a background thread while the caller works on the current one (memory:
+    two blocks), so decompressing the store overlaps the computation instead of adding to it.
+    """
+    spans = _spans(x, chunk_size)
+    if not is_lazy(x) or len(spans) < 2:
+        for start, stop in spans:
+            yield start, stop, read_rows(x, start, stop)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-inspire-read") as ahead:  # waits on leaving
+        pending = ahead.submit(read_rows, x, *spans[0])
+        for i, (start, stop) in enumerate(spans):
+            block = pending.result()
+            if i + 1 < len(spans):
+                pending = ahead.submit(read_rows, x, *spans[i + 1])
+            yield start, stop, block
 
 
 def dask_client() -> Any:
