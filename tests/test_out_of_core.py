@@ -124,23 +124,6 @@ def test_row_blocks_read_ahead_returns_the_blocks_and_leaves_no_thread(store):
     assert not [t for t in threading.enumerate() if t.name.startswith("sd-inspire-read")]
 
 
-def test_buffered_sampler_reads_ahead_without_changing_the_batches():
-    import dask.array as da
-
-    counts = sparse.random(1000, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)
-    lazy = da.from_array(counts, chunks=(64, 30), asarray=False)
-    slices = np.repeat([0, 1], [600, 400])
-    ahead = BufferedSampler(slices, 25, np.random.default_rng(3), lazy, buffer_rows=256)
-    plain = BufferedSampler(slices, 25, np.random.default_rng(3), lazy, buffer_rows=256, read_ahead=False)
-    assert all(n is not None for n in ahead._next)
-    assert all(n is None for n in plain._next)
-    for _ in range(60):  # several passes over both slices: refills read ahead, and at each pass's end not
-        (i, a), (j, b) = ahead.next_batch(), plain.next_batch()
-        np.testing.assert_array_equal(i, j)
-        assert (a != b).nnz == 0
-        assert (a != counts[i]).nnz == 0
-
-
 def test_buffered_sampler_passes_and_resumes():
     rng = np.random.default_rng(0)
     counts = sparse.random(1000, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +11,6 @@ from sd_inspire._chunks import chunk_edges, is_lazy, read_rows
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from concurrent.futures import Future
 
 
 def sample_subgraph(graph: sparse.csr_matrix, seeds: np.ndarray, n_hops: int) -> tuple[np.ndarray, sparse.coo_matrix]:
@@ -103,9 +101,6 @@ class BufferedSampler(StratifiedSampler):
     minibatches draw each slice's spots without replacement from its buffer, which is refilled when exhausted.
     Memory is the buffer, not the matrix. A spot is drawn at most once per pass over its slice's blocks (the
     few left in a buffer too small for a minibatch are skipped, as a sampler drops an incomplete last batch).
-    While a buffer is used, the blocks that will refill it are read in a background thread whenever they are
-    already known (not at the end of a pass over the slice, where the next order is yet to be drawn), so training
-    does not wait for the disk; the minibatches are the same as without it. Memory: two buffers.
 
     Parameters
     ----------
@@ -121,8 +116,6 @@ class BufferedSampler(StratifiedSampler):
         ``(rank, n_ranks)``: draw only from this rank's share of every slice's blocks (data-parallel training).
     buffer_rows
         Rows held in memory over all slices (at least two blocks per slice).
-    read_ahead
-        Read the next buffer in the background while this one is used.
     """
 
     def __init__(
@@ -134,7 +127,6 @@ class BufferedSampler(StratifiedSampler):
         shard: tuple[int, int] = (0, 1),
         *,
         buffer_rows: int = 65_536,
-        read_ahead: bool = True,
     ) -> None:
         self.rng, self.counts = rng, counts
         rank, size = shard
@@ -155,8 +147,6 @@ class BufferedSampler(StratifiedSampler):
         self._pos = [0] * len(self.groups)
         self._buffer_blocks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.groups)
         self._buffer_order: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.groups)
-        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-inspire-read") if read_ahead else None
-        self._next: list[tuple[tuple[int, ...], Future] | None] = [None] * len(self.groups)
         for k in range(len(self.groups)):
             self._refill(k)
 
@@ -177,29 +167,18 @@ class BufferedSampler(StratifiedSampler):
                 ids.append(int(self._block_order[k][self._block_pos[k]]))
                 self._block_pos[k] += 1
             block_ids = np.asarray(ids)
-        rows = np.concatenate([self.blocks[k][i] for i in block_ids])
-        ahead, self._next[k] = self._next[k], None  # the blocks read ahead, if they are the ones wanted
-        counts = ahead[1].result() if ahead and ahead[0] == tuple(block_ids) else self._read(k, block_ids)
+        blocks = [self.blocks[k][i] for i in block_ids]
+        rows = np.concatenate(blocks)
+        parts = []
+        for b in blocks:
+            part = read_rows(self.counts, int(b[0]), int(b[-1]) + 1)
+            parts.append(part if part.shape[0] == b.size else part[b - b[0]])  # contiguous: no copy
         order = self.rng.permutation(rows.size) if order is None else np.asarray(order)
         self._buffer_blocks[k], self._buffer_order[k] = block_ids, order
         self._rows[k] = rows[order]
         # rows stay in reading order; each minibatch gathers its own few (no permuted copy of the buffer)
-        self._counts[k] = counts
+        self._counts[k] = parts[0] if len(parts) == 1 else sparse.vstack(parts, format="csr")
         self._pos[k] = 0
-        # the blocks of the next refill, when no new order must be drawn for them: read them while this buffer is used
-        take, start = min(self.blocks_per_slice, len(self.blocks[k])), self._block_pos[k]
-        if self._ahead is not None and start + take <= len(self.blocks[k]):
-            ids = self._block_order[k][start : start + take]
-            self._next[k] = (tuple(int(i) for i in ids), self._ahead.submit(self._read, k, ids))
-
-    def _read(self, k: int, block_ids: np.ndarray) -> sparse.csr_matrix:
-        """The counts of blocks ``block_ids`` of slice ``k``, in reading order."""
-        parts = []
-        for i in block_ids:
-            b = self.blocks[k][i]
-            part = read_rows(self.counts, int(b[0]), int(b[-1]) + 1)
-            parts.append(part if part.shape[0] == b.size else part[b - b[0]])  # contiguous: no copy
-        return parts[0] if len(parts) == 1 else sparse.vstack(parts, format="csr")
 
     def state(self) -> dict:
         """Position of the sampler, to checkpoint (the buffer is re-read on resume)."""
