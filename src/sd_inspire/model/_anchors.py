@@ -61,7 +61,7 @@ def _top_k(x: np.ndarray, y: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
     k = min(k, y.shape[0])
     out = np.empty((x.shape[0], k), dtype=np.int64)
     for start in range(0, x.shape[0], chunk_size):
-        sim = torch.from_numpy(np.ascontiguousarray(x[start : start + chunk_size] @ y.T))
+        sim = torch.from_numpy(x[start : start + chunk_size] @ y.T)
         top = torch.topk(sim, k, dim=1, sorted=False).indices.numpy()
         out[start : start + chunk_size] = np.sort(top, axis=1)  # one order whatever the selection algorithm
     return out

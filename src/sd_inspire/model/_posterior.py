@@ -12,12 +12,15 @@ time; work ``O(n G K²)`` as matrix products.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sd_inspire._chunks import row_blocks
 from sd_inspire.model._counts import slice_programs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def factor_sd(
@@ -75,28 +78,24 @@ def factor_sd(
     dof = np.zeros(effects.shape[0])
     weights = slice_programs(loadings, effects, mask)  # S x K x G
     projection = np.eye(k) - 1.0 / k
-    for start, stop, block in row_blocks(counts, chunk_size):
-        x = block.toarray().astype(np.float64)
-        codes = slices[start:stop]
-        for s in np.unique(codes):
-            rows = np.flatnonzero(codes == s)
-            b = weights[s]
-            r = beta[start + rows] @ b  # spots x G
-            total = np.maximum(r.sum(axis=1), 1e-300)
-            # a gene whose programs are all absent from the spot (proportions that underflowed to 0) would give an
-            # infinite information: floor its expected share at 1e-10 of the spot's total
-            r = np.maximum(r, 1e-10 * total[:, None])
-            library = x[rows].sum(axis=1)
-            c = b.sum(axis=1)
-            info = np.einsum("kg,ng,lg->nkl", b, 1.0 / r, b, optimize=True)
-            info -= c[None, :, None] * c[None, None, :] / total[:, None, None]
-            info *= (library / total)[:, None, None]
-            cov = projection @ np.linalg.pinv(projection @ info @ projection, hermitian=True) @ projection
-            var[start + rows] = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None)
-            mu = library[:, None] * r / total[:, None]
-            measured = mask[s]
-            pearson[s] += float((((x[rows] - mu) ** 2)[:, measured] / np.maximum(mu[:, measured], 1e-300)).sum())
-            dof[s] += rows.size * (measured.sum() - 1 - (k - 1))
+    for rows, x, s in _slice_blocks(counts, slices, chunk_size, np.float64):
+        b = weights[s]
+        r = beta[rows] @ b  # spots x G
+        total = np.maximum(r.sum(axis=1), 1e-300)
+        # a gene whose programs are all absent from the spot (proportions that underflowed to 0) would give an
+        # infinite information: floor its expected share at 1e-10 of the spot's total
+        r = np.maximum(r, 1e-10 * total[:, None])
+        library = x.sum(axis=1)
+        c = b.sum(axis=1)
+        info = np.einsum("kg,ng,lg->nkl", b, 1.0 / r, b, optimize=True)
+        info -= c[None, :, None] * c[None, None, :] / total[:, None, None]
+        info *= (library / total)[:, None, None]
+        cov = projection @ np.linalg.pinv(projection @ info @ projection, hermitian=True) @ projection
+        var[rows] = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None)
+        mu = library[:, None] * r / total[:, None]
+        measured = mask[s]
+        pearson[s] += float((((x - mu) ** 2)[:, measured] / np.maximum(mu[:, measured], 1e-300)).sum())
+        dof[s] += rows.size * (measured.sum() - 1 - (k - 1))
     dispersion = np.where(dof > 0, pearson / np.maximum(dof, 1), 1.0)
     dispersion = np.maximum(dispersion, 1.0)  # never narrower than the multinomial's own noise
     var *= dispersion[slices][:, None]
@@ -176,23 +175,31 @@ def refine_factors(
     scale = np.maximum(weights.sum(axis=2), 1e-300)  # c, S x K
     shares = (weights / scale[:, :, None]).astype(np.float32)  # φ, S x K x G
     out = np.empty(beta.shape, dtype=np.float32)
-    for start, stop, block in row_blocks(counts, chunk_size):
-        x = block.toarray().astype(np.float32)
-        codes = slices[start:stop]
-        for s in np.unique(codes):
-            rows = np.flatnonzero(codes == s)
-            xs, phi, c = x[rows], shares[s], scale[s]
-            theta = beta[start + rows] * c
-            theta /= np.maximum(theta.sum(axis=1, keepdims=True), 1e-300)
-            total = xs.sum(axis=1, dtype=np.float64)
-            has = total > 0
-            xs = xs[has] / total[has, None].astype(np.float32)  # each spot's shares of its counts
-            t = theta[has].astype(np.float32)
-            for _ in range(n_passes):
-                mix = t @ phi  # spots x G: the expected shares
-                t = t * ((xs / np.maximum(mix, np.float32(1e-30))) @ phi.T)
-                t /= np.maximum(t.sum(axis=1, keepdims=True), np.float32(1e-30))
-            theta[has] = t
-            b = theta / c
-            out[start + rows] = b / np.maximum(b.sum(axis=1, keepdims=True), 1e-300)
+    for rows, xs, s in _slice_blocks(counts, slices, chunk_size, np.float32):
+        phi, c = shares[s], scale[s]
+        theta = beta[rows] * c
+        theta /= np.maximum(theta.sum(axis=1, keepdims=True), 1e-300)
+        total = xs.sum(axis=1, dtype=np.float64)
+        has = total > 0
+        xs = xs[has] / total[has, None].astype(np.float32)  # each spot's shares of its counts
+        t = theta[has].astype(np.float32)
+        for _ in range(n_passes):
+            mix = t @ phi  # spots x G: the expected shares
+            t = t * ((xs / np.maximum(mix, np.float32(1e-30))) @ phi.T)
+            t /= np.maximum(t.sum(axis=1, keepdims=True), np.float32(1e-30))
+        theta[has] = t
+        b = theta / c
+        out[rows] = b / np.maximum(b.sum(axis=1, keepdims=True), 1e-300)
     return out
+
+
+def _slice_blocks(
+    counts: Any, slices: np.ndarray, chunk_size: int, dtype: type
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """``(rows, x, s)`` for the spots of each slice ``s`` in each block of rows: their indices and dense counts."""
+    for start, _, block in row_blocks(counts, chunk_size):
+        x = block.toarray().astype(dtype)
+        codes = slices[start : start + x.shape[0]]
+        for s in np.unique(codes):
+            local = np.flatnonzero(codes == s)
+            yield start + local, x[local], int(s)
